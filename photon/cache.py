@@ -1,0 +1,111 @@
+"""KV caches.
+
+`KVCache` is the preallocated cache of a global stream (every layer of the flat model, each
+context encoder of PHOTON). Each sequence of the batch has its own length, so prompts of
+different lengths share one batch; entries past a sequence's length are masked out.
+
+`LocalKVCache` holds one chunk's window of a local decoder: at most R + C entries, thrown
+away at every chunk. It grows by concatenation, which keeps it differentiable, so training
+(where level >= 2 decoders feed back their own outputs) uses it as well.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from photon.errors import CacheFullError
+
+
+def causal_mask(positions: Tensor, n_keys: int) -> Tensor:
+    """Boolean mask [B, 1, T, n_keys]: query at position p sees keys 0..p."""
+    keys = torch.arange(n_keys, device=positions.device)
+    return (keys[None, None, :] <= positions[:, :, None])[:, None]
+
+
+class KVCache:
+    """Preallocated keys and values [layers, B, heads, capacity, head_dim]."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (n_layers, batch, n_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.lengths = torch.zeros(batch, dtype=torch.long)  # on the host: no device sync
+        self._start: int | None = 0
+        self._positions: Tensor | None = None
+        self._end = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for keys and values."""
+        return self.k.nbytes + self.v.nbytes
+
+    def bytes_per_entry(self) -> int:
+        """Bytes one position of one sequence takes across all layers."""
+        n_layers, batch, _, capacity, _ = self.k.shape
+        return self.nbytes // (batch * capacity)
+
+    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        lo, hi = int(self.lengths.min()), int(self.lengths.max())
+        self._end = hi + T
+        if self._end > self.capacity:
+            raise CacheFullError(
+                f"KV cache full: {hi} + {T} positions exceed its capacity of {self.capacity}")
+        if lo == hi:  # every sequence at the same length: write and read by slicing
+            self._start = lo
+            positions = torch.arange(lo, lo + T, device=device)[None]
+            mask = None if T == 1 or lo == 0 else causal_mask(positions, self._end)
+        else:
+            self._start = None
+            positions = self.lengths.to(device)[:, None] + torch.arange(T, device=device)
+            self._positions = positions
+            mask = causal_mask(positions, self._end)
+        return positions, mask
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self._start is not None:
+            s = self._start
+            self.k[layer, :, :, s:s + k.shape[2]] = k
+            self.v[layer, :, :, s:s + k.shape[2]] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            self.k[layer][rows, :, self._positions] = k.transpose(1, 2)
+            self.v[layer][rows, :, self._positions] = v.transpose(1, 2)
+        return self.k[layer, :, :, :self._end], self.v[layer, :, :, :self._end]
+
+    def advance(self, n: int | Tensor) -> None:
+        self.lengths += n.cpu() if isinstance(n, Tensor) else n
+
+
+class LocalKVCache:
+    """A local decoder's window: grows to at most `capacity` (R + C) entries."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.k.values(), *self.v.values()))
+
+    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        if self.length + T > self.capacity:
+            raise CacheFullError(
+                f"local window of {self.capacity} exceeded ({self.length} + {T})")
+        positions = torch.arange(self.length, self.length + T, device=device)[None]
+        mask = None if T == 1 or self.length == 0 else causal_mask(positions, self.length + T)
+        return positions, mask
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer in self.k:
+            k = torch.cat((self.k[layer], k), dim=2)
+            v = torch.cat((self.v[layer], v), dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def advance(self, n: int | Tensor) -> None:
+        self.length += int(n)

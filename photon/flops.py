@@ -1,0 +1,49 @@
+"""Training FLOPs per token, counted from the architecture (matmuls and attention).
+
+A multiply-add is 2 FLOPs; the backward pass costs twice the forward, so training is 3x the
+forward. Attention adds 4·D FLOPs per (query, key) pair (scores and weighted sum). Each
+module is charged for the positions it actually processes per token: a level-l context
+encoder sees 1/(C_1…C_l) positions per token, a local decoder R + C_l - 1 positions per
+level-l latent, so the baselines and PHOTON can be given the same compute honestly.
+"""
+
+from __future__ import annotations
+
+from photon.config import ModelConfig, PhotonConfig
+
+
+def _layer_matmul_flops(c: ModelConfig) -> int:
+    """Forward FLOPs of one block's weight matmuls for one position."""
+    return 2 * (4 * c.d_model * c.d_model + 3 * c.d_model * c.d_ff)
+
+
+def _causal_attention_flops(d_model: int, n: int) -> int:
+    """Forward attention FLOPs of one layer over a causal sequence of n positions, in total."""
+    return 4 * d_model * n * (n + 1) // 2
+
+
+def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward FLOPs per token at training context `seq_len` (default: config.max_seq_len)."""
+    T = seq_len or c.max_seq_len
+    D, layer = c.d_model, _layer_matmul_flops(c)
+    head = 2 * D * c.vocab_size
+    if not isinstance(c, PhotonConfig):
+        return c.n_layers * (layer + _causal_attention_flops(D, T) / T) + head
+    total = head
+    for level in range(1, c.n_levels + 1):
+        per_token = 1 / c.tokens_per_position(level)  # level-l positions per token
+        M = max(T // c.tokens_per_position(level), 1)
+        chunk = c.chunk_sizes[level - 1]
+        encoder = c.encoder_layers[level - 1] * (layer + _causal_attention_flops(D, M) / M)
+        chunker = 2 * chunk * D * D if level > 1 else 0
+        converter = 2 * D * c.n_cond * D
+        window = c.n_cond + chunk - 1
+        decoder = c.decoder_layers[level - 1] * (window * layer
+                                                 + _causal_attention_flops(D, window))
+        total += per_token * (encoder + chunker + converter + decoder)
+    return total
+
+
+def training_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
+    """Forward plus backward FLOPs per training token."""
+    return round(3 * forward_flops_per_token(c, seq_len))

@@ -1,0 +1,143 @@
+"""LLaMA-style building blocks shared by every model.
+
+Pre-norm blocks of RMSNorm, multi-head causal attention with rotary position embeddings
+(through `F.scaled_dot_product_attention`), and a SwiGLU MLP, without biases. A `Stack` is
+blocks plus a final norm; it runs either over a whole sequence (training, `cache=None`) or
+incrementally against a KV cache (see `photon.cache`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32: under bf16 autocast the mean of squares loses too many bits.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings evaluated at arbitrary (per-sequence) positions."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin of shape [B or 1, 1, T, head_dim/2] for positions [B or 1, T]."""
+        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x1, x2) of the two halves of the head dimension of x [B, H, T, Dh]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class LayerCache(Protocol):
+    """What attention needs from a KV cache: store this step's keys/values, return all."""
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, layer_idx: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.layer_idx = layer_idx
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, d_model, bias=False)
+        self.wv = nn.Linear(d_model, d_model, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None,
+                mask: Tensor | None) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = (w(x).view(B, T, self.n_heads, -1).transpose(1, 2)
+                   for w in (self.wq, self.wk, self.wv))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        # Without a mask, keys and queries are the same positions (or a single query that
+        # may see every key), so the plain causal flag is exact.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           is_causal=mask is None and T > 1)
+        return self.wo(y.transpose(1, 2).reshape(B, T, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, layer_idx)
+        self.mlp_norm = RMSNorm(d_model)
+        self.mlp = SwiGLU(d_model, d_ff)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None,
+                mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class StreamCache(LayerCache, Protocol):
+    """A cache for a whole stack: per-sequence positions and masks for the next T inputs."""
+
+    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]: ...
+
+    def advance(self, n: int | Tensor) -> None: ...
+
+
+class Stack(nn.Module):
+    """`n_layers` pre-norm blocks and a final RMSNorm: one causal Transformer."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int,
+                 rope_base: float) -> None:
+        super().__init__()
+        self.n_layers = n_layers
+        self.rotary = Rotary(d_model // n_heads, rope_base)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, i) for i in range(n_layers))
+        self.norm = RMSNorm(d_model)
+
+    def forward(self, x: Tensor, cache: StreamCache | None = None,
+                advance: int | Tensor | None = None) -> Tensor:
+        """Run x [B, T, D]; with a cache, positions continue where the cache ends.
+
+        `advance` is how many of the T inputs each sequence keeps in the cache (default all
+        T); right-padded prefill of prompts of different lengths passes their lengths.
+        """
+        T = x.shape[1]
+        if cache is None:
+            positions, mask = torch.arange(T, device=x.device)[None], None
+        else:
+            positions, mask = cache.prepare(T, x.device)
+        cos, sin = self.rotary(positions)
+        for block in self.blocks:
+            x = block(x, cos, sin, cache, mask)
+        if cache is not None:
+            cache.advance(T if advance is None else advance)
+        return self.norm(x)

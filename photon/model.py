@@ -1,0 +1,262 @@
+"""The models: `PhotonLM` (any number of levels; one level is the Block Transformer) and the
+flat `TransformerLM` baseline, built from the blocks of `photon.layers`.
+
+Both are called as `model(input_ids, labels=None)` and return logits [B, T, V] where
+`logits[:, i]` is the distribution of token i+1 given tokens 0..i, so one evaluation code
+serves every model.
+
+PHOTON in brief (PHOTON.md §3). Encoder, bottom-up: level 1 embeds tokens at width D/C_1 and
+concatenates C_1 of them; level l >= 2 concatenates C_l level-(l-1) states, normalises and
+projects them to D; each level runs a causal context encoder over its stream. Decoder,
+top-down: the top stream is shifted by one position (a chunk only sees coarser states of
+earlier chunks), a converter turns each latent into R conditioning vectors, and a local
+decoder rebuilds the C_l finer positions under it, inside a window of at most R + C_l.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from photon.cache import LocalKVCache
+from photon.config import ModelConfig, PhotonConfig, TransformerConfig, get_preset
+from photon.errors import InputError
+from photon.layers import RMSNorm, Stack, StreamCache
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    loss: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Raise a clear error for ids outside [0, vocab_size) instead of an opaque index error."""
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()
+        raise InputError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token cross-entropy: logits[:, i] is scored against labels[:, i + 1]."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=-100)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
+class TransformerLM(nn.Module):
+    """Flat LLaMA-style decoder-only Transformer: the 'vanilla' baseline."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.stack = Stack(c.n_layers, c.d_model, c.n_heads, c.d_ff, c.rope_base)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.apply(_init_weights)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def step(self, input_ids: Tensor, cache: StreamCache | None = None,
+             advance: int | Tensor | None = None) -> Tensor:
+        """Logits for every input position, continuing `cache` when one is given."""
+        return self.lm_head(self.stack(self.embed(input_ids), cache, advance))
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        check_token_ids(input_ids, self.config.vocab_size)
+        logits = self.step(input_ids)
+        if labels is None:
+            return ModelOutput(logits)
+        loss = token_loss(logits, labels)
+        return ModelOutput(logits, loss, {"token": loss})
+
+
+class ChunkProjection(nn.Module):
+    """Level l >= 2 chunker: concatenated C_l states -> RMSNorm -> Linear(C_l*D -> D)."""
+
+    def __init__(self, chunk: int, d_model: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(chunk * d_model)
+        self.proj = nn.Linear(chunk * d_model, d_model, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.norm(x))
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """Prepend the zero start latent and drop the last position: chunk g sees only < g."""
+    return F.pad(x, (0, 0, 1, 0))[:, :-1]
+
+
+class PhotonLM(nn.Module):
+    """PHOTON with L = len(config.chunk_sizes) levels (L = 1: the Block Transformer)."""
+
+    def __init__(self, config: PhotonConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        D, L = c.d_model, c.n_levels
+
+        def stack(n: int) -> Stack:
+            return Stack(n, D, c.n_heads, c.d_ff, c.rope_base)
+
+        self.enc_embed = nn.Embedding(c.vocab_size, D // c.chunk_sizes[0])
+        self.chunk_projs = nn.ModuleList(ChunkProjection(c.chunk_sizes[i], D) for i in range(1, L))
+        self.encoders = nn.ModuleList(stack(n) for n in c.encoder_layers)
+        self.converters = nn.ModuleList(nn.Linear(D, c.n_cond * D) for _ in range(L))
+        self.decoders = nn.ModuleList(stack(n) for n in c.decoder_layers)
+        self.dec_embed = nn.Embedding(c.vocab_size, D)
+        self.lm_head = nn.Linear(D, c.vocab_size, bias=False)
+        self.apply(_init_weights)
+        for conv in self.converters:
+            # Its bias is the first chunk's whole conditioning (the start latent is zero):
+            # keep it away from zero so the local decoder's first RMSNorm is well defined.
+            nn.init.normal_(conv.bias, std=0.02)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.dec_embed.weight
+
+    # --- encoder -----------------------------------------------------------------------------
+
+    def chunk(self, level: int, x: Tensor) -> Tensor:
+        """A^(l): group C_l consecutive positions of the level-(l-1) stream into one vector."""
+        B, M, W = x.shape
+        a = x.reshape(B, M // self.config.chunk_sizes[level - 1], -1)
+        return a if level == 1 else self.chunk_projs[level - 2](a)
+
+    def encode_level(self, level: int, x: Tensor, cache: StreamCache | None = None,
+                     advance: int | Tensor | None = None) -> Tensor:
+        """X^(l) from the level-(l-1) stream x (token embeddings for level 1)."""
+        return self.encoders[level - 1](self.chunk(level, x), cache, advance)
+
+    def encode(self, input_ids: Tensor) -> list[Tensor]:
+        """Encoder states X^(1..L) of whole meta-contexts; input length a multiple of C_1…C_L."""
+        states, x = [], self.enc_embed(input_ids)
+        for level in range(1, self.config.n_levels + 1):
+            x = self.encode_level(level, x)
+            states.append(x)
+        return states
+
+    # --- decoder -----------------------------------------------------------------------------
+
+    def conditioning(self, level: int, latents: Tensor) -> Tensor:
+        """Converter U^(l): latents [B, N, D] -> R conditioning vectors each, [B*N, R, D]."""
+        B, N, D = latents.shape
+        return self.converters[level - 1](latents).view(B * N, self.config.n_cond, D)
+
+    def decode_latents(self, level: int, cond: Tensor) -> Tensor:
+        """X̂^(l-1) [B, N*C_l, D] from the (already shifted) level-l conditioning [B, N, D].
+
+        The local decoder feeds back its own outputs, one position at a time, through a
+        window cache of at most R + C_l entries.
+        """
+        B, N, D = cond.shape
+        C = self.config.chunk_sizes[level - 1]
+        x = self.conditioning(level, cond)
+        cache = LocalKVCache(self.config.n_cond + C)
+        outputs = []
+        for _ in range(C):
+            x = self.decoders[level - 1](x, cache)[:, -1:]
+            outputs.append(x)
+        return torch.cat(outputs, dim=1).view(B, N * C, D)
+
+    def decode_top_down(self, top_cond: Tensor) -> tuple[list[Tensor], Tensor]:
+        """From the shifted top conditioning, the reconstructions X̂^(L-1), …, X̂^(1) and the
+        conditioning latents of every token chunk."""
+        cond, recons = top_cond, []
+        for level in range(self.config.n_levels, 1, -1):
+            latents = self.decode_latents(level, cond)
+            recons.append(latents)
+            cond = shift_right(latents) if self.config.variant == "A" else latents
+        return recons, cond
+
+    def decode_tokens(self, cond: Tensor, input_ids: Tensor) -> Tensor:
+        """Teacher-forced token decoder: hidden states [B, N*C_1, D] predicting each token."""
+        B, N, D = cond.shape
+        R, C = self.config.n_cond, self.config.chunk_sizes[0]
+        u = self.conditioning(1, cond)
+        y = self.dec_embed(input_ids.view(B * N, C)[:, :C - 1])
+        h = self.decoders[0](torch.cat((u, y.to(u.dtype)), dim=1))[:, R - 1:]
+        return h.reshape(B, N * C, D)
+
+    @staticmethod
+    def reconstruction_loss(recons: list[Tensor], states: list[Tensor]) -> Tensor:
+        """L_rec: mean cosine distance of X̂^(l) to X^(l), over the positions both cover.
+
+        `recons` is top-down (X̂^(L-1) … X̂^(1)), `states` bottom-up (X^(1) … X^(L)).
+        """
+        terms = []
+        for recon, target in zip(recons, reversed(states[:-1]), strict=False):
+            n = target.shape[1]
+            if n:
+                cos = F.cosine_similarity(recon[:, :n].float(), target.float(), dim=-1)
+                terms.append((1 - cos).mean())
+        return torch.stack(terms).mean() if terms else recons[0].new_zeros((), dtype=torch.float)
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        c = self.config
+        check_token_ids(input_ids, c.vocab_size)
+        B, T = input_ids.shape
+        P = c.meta_len
+        # Position i is predicted from the top state of the meta-context before its own, so
+        # only complete meta-contexts are encoded and nothing after the input is ever read.
+        complete = T // P
+        if complete:
+            states = self.encode(input_ids[:, :complete * P])
+            top = states[-1]
+        else:
+            states = []
+            top = self.enc_embed.weight.new_zeros(B, 0, c.d_model)
+        top_cond = F.pad(top, (0, 0, 1, 0))  # zero start latent; meta-contexts 0..complete
+        recons, cond = self.decode_top_down(top_cond)
+        padded = F.pad(input_ids, (0, top_cond.shape[1] * P - T))
+        hidden = self.decode_tokens(cond, padded)
+        logits = self.lm_head(hidden[:, 1:T + 1])  # hidden[:, i] predicts token i
+        if labels is None:
+            return ModelOutput(logits)
+        tok = token_loss(logits, labels)
+        if not recons or not states:
+            rec = tok.new_zeros(())
+        else:
+            targets = [s.detach() for s in states] if c.rec_detach else states
+            rec = self.reconstruction_loss(recons, targets)
+        loss = tok + c.rec_alpha * rec if c.rec_alpha else tok
+        return ModelOutput(logits, loss, {"token": tok, "rec": rec})
+
+
+Model = PhotonLM | TransformerLM
+
+
+def build_model(name_or_config: str | ModelConfig, device: torch.device | str | None = None,
+                **overrides) -> Model:
+    """A freshly initialised model from a preset name or a config; `overrides` change fields
+    of the config (e.g. `vocab_size=256`)."""
+    config = get_preset(name_or_config) if isinstance(name_or_config, str) else name_or_config
+    if overrides:
+        config = config.replace(**overrides)
+    cls = PhotonLM if isinstance(config, PhotonConfig) else TransformerLM
+    with torch.device(device or "cpu"):
+        return cls(config)
+
+
+def count_parameters(config: ModelConfig) -> tuple[int, dict[str, int]]:
+    """Total parameters and parameters per module, without allocating (meta device)."""
+    model = build_model(config, device="meta")
+    modules: dict[str, int] = {}
+    for name, p in model.named_parameters():  # tied weights are listed once
+        parts = name.split(".")
+        key = parts[0]
+        if parts[1].isdigit():  # per-level module lists: name the level (1-based)
+            key += f".level{int(parts[1]) + (2 if key == 'chunk_projs' else 1)}"
+        modules[key] = modules.get(key, 0) + p.numel()
+    return sum(modules.values()), modules

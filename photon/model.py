@@ -47,6 +47,16 @@ def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
                            ignore_index=-100)
 
 
+class GenerationMixin:
+    """`model.generate(...)`: see `photon.generate.generate`."""
+
+    def generate(self, prompts, max_new_tokens: int, mode: str = "hiergen", **kwargs):
+        """New token-id lists for each prompt; arguments as `photon.generate.generate`."""
+        from photon.generate import generate
+
+        return generate(self, prompts, max_new_tokens, mode=mode, **kwargs)
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
@@ -56,7 +66,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(GenerationMixin, nn.Module):
     """Flat LLaMA-style decoder-only Transformer: the 'vanilla' baseline."""
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -95,12 +105,15 @@ class ChunkProjection(nn.Module):
         return self.proj(self.norm(x))
 
 
-def shift_right(x: Tensor) -> Tensor:
-    """Prepend the zero start latent and drop the last position: chunk g sees only < g."""
-    return F.pad(x, (0, 0, 1, 0))[:, :-1]
+def shift_right(x: Tensor, first: Tensor | None = None) -> Tensor:
+    """Prepend `first` (default: the zero start latent) and drop the last position, so
+    chunk g is conditioned on position g-1 only."""
+    if first is None:
+        return F.pad(x, (0, 0, 1, 0))[:, :-1]
+    return torch.cat((first, x[:, :-1]), dim=1)
 
 
-class PhotonLM(nn.Module):
+class PhotonLM(GenerationMixin, nn.Module):
     """PHOTON with L = len(config.chunk_sizes) levels (L = 1: the Block Transformer)."""
 
     def __init__(self, config: PhotonConfig) -> None:
@@ -170,14 +183,23 @@ class PhotonLM(nn.Module):
             outputs.append(x)
         return torch.cat(outputs, dim=1).view(B, N * C, D)
 
-    def decode_top_down(self, top_cond: Tensor) -> tuple[list[Tensor], Tensor]:
-        """From the shifted top conditioning, the reconstructions X̂^(L-1), …, X̂^(1) and the
-        conditioning latents of every token chunk."""
+    def decode_top_down(self, top_cond: Tensor, carries: list[Tensor] | None = None
+                        ) -> tuple[list[Tensor], Tensor]:
+        """Top-down pass from the (already shifted) top conditioning [B, N, D].
+
+        Returns the reconstructions X̂^(L-1), …, X̂^(1) and the conditioning latent of every
+        token chunk. Under variant A every level shifts by one position; `carries` are the
+        latents just before this span (one per level, top-down, [B, 1, D]), which decoding
+        one meta-context at a time passes on; None means the start of the sequence.
+        """
         cond, recons = top_cond, []
-        for level in range(self.config.n_levels, 1, -1):
+        for i, level in enumerate(range(self.config.n_levels, 1, -1)):
             latents = self.decode_latents(level, cond)
             recons.append(latents)
-            cond = shift_right(latents) if self.config.variant == "A" else latents
+            if self.config.variant == "A":
+                cond = shift_right(latents, None if carries is None else carries[i])
+            else:
+                cond = latents
         return recons, cond
 
     def decode_tokens(self, cond: Tensor, input_ids: Tensor) -> Tensor:

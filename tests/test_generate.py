@@ -1,0 +1,191 @@
+"""Decoding: caches are exact, batches equal single sequences, RecGen is what it claims."""
+
+import pytest
+import torch
+
+import photon
+from photon.cache import KVCache, LocalKVCache
+from photon.errors import CacheFullError, InputError
+from photon.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
+from tests.test_model import make
+
+ALL = ["vanilla", "block", "photon-B", "photon-A", "photon-L3", "photon-L3-A"]
+HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A"]
+PROMPTS = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9]]
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_greedy_decoding_matches_uncached_forward(kind):
+    model = make(kind)
+    outputs, logits = generate(model, PROMPTS, 37, return_logits=True)
+    for prompt, new, step_logits in zip(PROMPTS, outputs, logits, strict=True):
+        assert len(new) == 37
+        full = model(torch.tensor([prompt + new])).logits[0, len(prompt) - 1:-1]
+        torch.testing.assert_close(step_logits, full, atol=1e-5, rtol=1e-5)
+        assert torch.equal(full.argmax(-1), torch.tensor(new))
+
+
+@pytest.mark.parametrize("kind", ALL)
+@pytest.mark.parametrize("mode", ["hiergen", "recgen"])
+def test_batch_equals_each_prompt_alone(kind, mode):
+    model = make(kind)
+    if mode == "recgen" and kind in ("vanilla", "block"):
+        pytest.skip("recgen needs L >= 2 (vanilla ignores the mode; tested under hiergen)")
+    batch = generate(model, PROMPTS, 29, mode=mode)
+    assert batch == [generate(model, [p], 29, mode=mode)[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("kind", HIERARCHICAL)
+@pytest.mark.parametrize("prompt_len", [1, 16, 37])
+def test_greedy_recgen_is_argmax_of_sequential_recgen(kind, prompt_len):
+    model = make(kind)
+    prompt = list(range(100, 100 + prompt_len))
+    (new,), (step_logits,) = generate(model, [prompt], 40, mode="recgen", return_logits=True)
+    seq = sequential_logits(model, torch.tensor([prompt + new]), prompt_len, "recgen")
+    seq = seq[0, prompt_len - 1:-1]
+    torch.testing.assert_close(step_logits, seq, atol=1e-5, rtol=1e-5)
+    assert torch.equal(seq.argmax(-1), torch.tensor(new))
+    # RecGen is a different model of the text than HierGen: the top stream is not re-encoded.
+    assert not torch.allclose(seq, model(torch.tensor([prompt + new])).logits[0, prompt_len - 1:-1])
+
+
+@pytest.mark.parametrize("kind", HIERARCHICAL)
+def test_sequential_hiergen_equals_forward(kind):
+    model = make(kind)
+    ids = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(4))
+    for prompt_len in (0, 5, 32, 69):
+        torch.testing.assert_close(sequential_logits(model, ids, prompt_len, "hiergen"),
+                                   model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def _force_perfect_reconstructions(model, monkeypatch, ids):
+    """Make the top local decoder output the encoder's own states X^(L-1) of `ids`."""
+    L, P = model.config.n_levels, model.config.meta_len
+    padded = torch.nn.functional.pad(ids, (0, 3 * P - ids.shape[1] % P))
+    truth = model.encode(padded)[L - 2]  # [B, metas * C_L, D]
+    per_meta = model.config.chunk_sizes[L - 1]
+    original = model.decode_latents
+    state = {"next": 0}
+
+    def decode_latents(level, cond):
+        out = original(level, cond)
+        if level != L:
+            return out
+        n = cond.shape[1]
+        # A parallel pass (forward, or prefill of a prompt longer than one meta-context)
+        # starts at meta-context 0; one-meta-context calls continue where the last ended.
+        start = 0 if n > 1 else state["next"]
+        state["next"] = start + n
+        return truth[:, start * per_meta:(start + n) * per_meta]
+
+    monkeypatch.setattr(model, "decode_latents", decode_latents)
+
+
+@pytest.mark.parametrize("kind", HIERARCHICAL)
+def test_recgen_equals_hiergen_with_perfect_reconstructions(kind, monkeypatch):
+    model = make(kind)
+    ids = torch.randint(0, 256, (2, 75), generator=torch.Generator().manual_seed(5))
+    results = {}
+    for mode in ("hiergen", "recgen"):
+        _force_perfect_reconstructions(model, monkeypatch, ids)
+        results[mode] = sequential_logits(model, ids, 20, mode)
+        monkeypatch.undo()
+    torch.testing.assert_close(results["recgen"], results["hiergen"], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_growth_and_bounds(monkeypatch):
+    longest = {"n": 0}
+    advance = LocalKVCache.advance
+
+    def tracking_advance(self, n):
+        advance(self, n)
+        longest["n"] = max(longest["n"], self.length)
+        assert self.length <= self.capacity
+
+    monkeypatch.setattr(LocalKVCache, "advance", tracking_advance)
+
+    vanilla = make("vanilla")
+    flat = FlatDecoder(vanilla, 2, 64)
+    flat.prefill(torch.ones(2, 10, dtype=torch.long), torch.tensor([10, 7]))
+    sampler = lambda logits: logits.argmax(-1)
+    for k in range(1, 6):
+        flat.step(sampler)
+        # One entry per token per layer: the pending token enters at the next step.
+        assert flat.cache.lengths.tolist() == [10 + k - 1, 7 + k - 1]
+    c = vanilla.config
+    assert flat.cache_bytes == 2 * c.n_layers * 2 * c.n_heads * 64 * c.head_dim * 4
+
+    model = make("photon-B")
+    c = model.config
+    rec = PhotonDecoder(model, 2, 200, "recgen")
+    assert rec.caches[0] is None  # RecGen keeps the top stream only
+    rec.prefill(torch.ones(2, 37, dtype=torch.long), torch.tensor([37, 20]))
+    top = rec.caches[-1]
+    assert top.lengths.tolist() == [2, 1]
+    for k in range(1, 5):
+        rec.step(sampler)
+        assert top.lengths.tolist() == [2 + k - 1, 1 + k - 1]
+    assert longest["n"] == c.n_cond + max(c.chunk_sizes) - 1
+
+    hier = PhotonDecoder(model, 2, 200, "hiergen")
+    hier.prefill(torch.ones(2, 37, dtype=torch.long), torch.tensor([37, 20]))
+    for _ in range(3):
+        hier.step(sampler)
+    assert hier.caches[0].lengths.tolist() == [4 * 4, 3 * 4]  # level 1: 4 per meta-context
+    assert hier.caches[1].lengths.tolist() == [4, 3]
+    # The hierarchy's global cache is 16x / (16/(4+1)) smaller than a token-level cache.
+    per_token = [cache.bytes_per_entry() / c.tokens_per_position(level)
+                 for level, cache in enumerate(hier.caches, start=1)]
+    assert sum(per_token) == pytest.approx(KVCache(
+        1, 1, c.n_heads, c.head_dim, 1, "cpu", torch.float32).nbytes * (1 / 4 + 1 / 16))
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    model = make("photon-B")
+    kw = dict(temperature=1.0, top_k=5, seed=7)
+    a = generate(model, PROMPTS, 20, **kw)
+    assert a == generate(model, PROMPTS, 20, **kw)
+    assert a != generate(model, PROMPTS, 20, temperature=1.0, top_k=5, seed=8)
+    # top_k=1 and a tiny top_p are greedy.
+    greedy = generate(model, PROMPTS, 20)
+    assert generate(model, PROMPTS, 20, temperature=1.0, top_k=1, seed=1) == greedy
+    assert generate(model, PROMPTS, 20, temperature=1.0, top_p=1e-6, seed=1) == greedy
+
+
+def test_stopping_per_sequence():
+    model = make("vanilla")
+    greedy = generate(model, PROMPTS, 30)
+    eos = greedy[0][5]
+    stopped = generate(model, PROMPTS, 30, eos_id=eos)
+    assert stopped[0] == greedy[0][:greedy[0].index(eos)]
+    for full, out in zip(greedy, stopped, strict=True):
+        assert out == (full[:full.index(eos)] if eos in full else full)
+    by_length = generate(model, PROMPTS, 30, stop=lambda b, toks: len(toks) >= 3 + b)
+    assert [len(t) for t in by_length] == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "photon-B"])
+def test_bad_requests(kind):
+    model = make(kind)
+    with pytest.raises(InputError, match="empty"):
+        generate(model, [[1, 2], []], 5)
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        generate(model, [[1, 256]], 5)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        generate(model, [[1]], 0)
+    with pytest.raises(CacheFullError, match="max_length"):
+        generate(model, [[1] * 10], 20, max_length=16)
+    with pytest.raises(InputError, match="mode"):
+        generate(model, [[1]], 5, mode="fast")
+
+
+def test_recgen_needs_two_levels():
+    with pytest.raises(InputError, match="at least 2 levels"):
+        generate(make("block"), [[1]], 5, mode="recgen")
+
+
+def test_model_generate_method_and_tensor_prompts():
+    model = make("photon-A")
+    prompts = torch.randint(0, 256, (3, 21), generator=torch.Generator().manual_seed(6))
+    assert model.generate(prompts, 12) == generate(model, prompts.tolist(), 12)
+    assert isinstance(photon.build_model("vanilla-tiny").generate([[1]], 2)[0], list)

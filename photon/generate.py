@@ -81,15 +81,15 @@ class FlatDecoder:
         return self.cache.nbytes
 
     def prefill(self, ids: Tensor, lengths: Tensor) -> None:
-        logits = self.model.step(ids, self.cache, advance=lengths)
-        self.next_logits = _gather_positions(logits, lengths - 1, 1)
+        hidden = self.model.hidden(ids, self.cache, advance=lengths)
+        self.next_logits = self.model.lm_head(_gather_positions(hidden, lengths - 1, 1))
         self.pending: Tensor | None = None
 
     def step(self, sampler: Sampler | None, forced: Tensor | None = None,
              ) -> tuple[Tensor, Tensor, Tensor]:
         """Next token of every sequence: (tokens [B, 1], new [B, 1], logits [B, 1, V])."""
         if self.pending is not None:
-            self.next_logits = self.model.step(self.pending, self.cache)
+            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
         logits = self.next_logits
         tokens = sampler(logits) if forced is None else forced
         self.pending = tokens

@@ -79,14 +79,14 @@ class TransformerLM(GenerationMixin, nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def step(self, input_ids: Tensor, cache: StreamCache | None = None,
-             advance: int | Tensor | None = None) -> Tensor:
-        """Logits for every input position, continuing `cache` when one is given."""
-        return self.lm_head(self.stack(self.embed(input_ids), cache, advance))
+    def hidden(self, input_ids: Tensor, cache: StreamCache | None = None,
+               advance: int | Tensor | None = None) -> Tensor:
+        """Final hidden states of every input position, continuing `cache` if given."""
+        return self.stack(self.embed(input_ids), cache, advance)
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
         check_token_ids(input_ids, self.config.vocab_size)
-        logits = self.step(input_ids)
+        logits = self.lm_head(self.hidden(input_ids))
         if labels is None:
             return ModelOutput(logits)
         loss = token_loss(logits, labels)

@@ -15,3 +15,15 @@ class CacheFullError(PhotonError, ValueError):
 
 class InputError(PhotonError, ValueError):
     """Bad model or generation input: token ids outside the vocabulary, empty requests."""
+
+
+class DataError(PhotonError, ValueError):
+    """Missing, empty or unreadable training text, or a corpus that cannot be fetched."""
+
+
+class TokenizerError(PhotonError, ValueError):
+    """A missing or unreadable tokenizer, or an impossible tokenizer request."""
+
+
+class CheckpointError(PhotonError, ValueError):
+    """A missing, corrupt, truncated or mismatched checkpoint, or one that cannot be written."""

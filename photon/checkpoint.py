@@ -1,0 +1,153 @@
+"""Checkpoints in the Hugging Face layout, written atomically, and `load_model`.
+
+A checkpoint folder `step-000100/` holds `config.json` (exactly `model.config.to_dict()`),
+`model.safetensors`, the tokenizer files, `trainer_state.json` (step, tokens, training
+arguments: readable by people) and `training_state.pt` (optimizer, RNG and data position:
+what `photon train --resume` needs). It is written into a hidden temporary folder and renamed
+into place, so a reader sees a whole checkpoint or none, even if the writer is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from photon.config import config_from_dict
+from photon.errors import CheckpointError, PhotonError
+from photon.model import Model, build_model
+from photon.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer_state.json"
+STATE_FILE = "training_state.pt"
+STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def _tied(model: Model) -> set[str]:
+    """State-dict keys that alias another parameter (safetensors refuses shared storage)."""
+    return {"lm_head.weight"} if model.config.tie_embeddings else set()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: str | Path, model: Model, tokenizer: Tokenizer,
+                    trainer_state: dict[str, Any] | None = None,
+                    training_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, fsync, rename) and return it.
+
+    `trainer_state` goes to JSON; `training_state` (tensors allowed) to `training_state.pt`.
+    """
+    directory = Path(directory)
+    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        skip = _tied(model)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+                   if k not in skip}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        tokenizer.save(tmp)
+        if trainer_state is not None:
+            (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            _fsync(f)
+        if directory.exists():  # re-saving a step: swap the old folder out, then drop it
+            old = directory.parent / f".old-{directory.name}-{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+        _fsync(directory.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {directory}: "
+                              f"{e.strerror or e}") from None
+    return directory
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete `step-N` checkpoints of a run folder, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`path` itself if it is a checkpoint folder, else the latest checkpoint of a run folder."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    checkpoints = list_checkpoints(path)
+    if checkpoints:
+        return checkpoints[-1]
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    raise CheckpointError(f"{path}: not a checkpoint (no {CONFIG_FILE}) and holds no "
+                          f"step-N checkpoints")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Model, Tokenizer]:
+    """The trained model (in eval mode, on `device`) and its tokenizer, from a checkpoint
+    folder or a run folder (then its latest checkpoint)."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        config = config_from_dict(json.loads((ckpt / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as e:  # ValueError covers bad JSON and ConfigError
+        raise CheckpointError(f"{ckpt / CONFIG_FILE}: unreadable model config: {e}") from None
+    model = build_model(config)
+    try:
+        tensors = load_file(str(ckpt / MODEL_FILE))
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{ckpt / MODEL_FILE} is missing, corrupt or truncated: "
+                              f"{e}") from None
+    expected = set(model.state_dict()) - _tied(model)
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)
+        raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
+                              f"{len(odd)} tensor name(s) differ, e.g. {odd[0]!r}")
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
+                              f"{first}") from None
+    try:
+        tokenizer = Tokenizer.load(ckpt)
+    except PhotonError as e:
+        raise CheckpointError(str(e)) from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{ckpt}: tokenizer vocabulary {tokenizer.vocab_size} does not "
+                              f"match the model's vocab_size {config.vocab_size}")
+    return model.to(device).eval(), tokenizer
+
+
+def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`trainer_state.json` and `training_state.pt` of a checkpoint, for resuming."""
+    try:
+        info = json.loads((ckpt / TRAINER_FILE).read_text())
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing file, bad JSON, or a truncated pickle/zip
+        raise CheckpointError(f"{ckpt}: training state is missing, corrupt or truncated "
+                              f"({type(e).__name__}); cannot resume from it") from None
+    return info, state

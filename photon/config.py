@@ -183,7 +183,12 @@ def _build_presets() -> dict[str, ModelConfig]:
         "tiny": _cpu(64, 4, 128, 256, 256, photon=(1, 1), block=(2, 3), vanilla=5),
         "small": _cpu(256, 8, 640, 4096, 512, photon=(2, 2), block=(5, 4), vanilla=9),
     }
-    return {f"{kind}-{size}": cfg for size, trio in trios.items() for kind, cfg in trio.items()}
+    presets = {f"{kind}-{size}": cfg for size, trio in trios.items() for kind, cfg in trio.items()}
+    # Ablations of photon-small measured in the README's trade-off experiment.
+    small = presets["photon-small"]
+    presets["photon-small-2x2"] = small.replace(chunk_sizes=(2, 2))
+    presets["photon-small-A"] = small.replace(variant="A")
+    return presets
 
 
 PRESETS: dict[str, ModelConfig] = _build_presets()

@@ -290,18 +290,21 @@ def plot_tradeoff(entries: list[dict], path: str, workload: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = {"vanilla": "s", "block": "^", "photon": "o"}
     for e in entries:
-        ax.scatter(e["tpm"], e["bpb"], s=50)
-        ax.annotate(e["label"], (e["tpm"], e["bpb"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+        ax.scatter(e["tpm"], e["bpb"], s=60, marker=markers.get(e.get("kind"), "o"),
+                   label=e["label"], zorder=3)
     front = pareto_front([(e["tpm"], e["bpb"]) for e in entries])
-    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto frontier")
+    # Rings mark the frontier's points; the dashed steps join them (one point is a ring).
+    ax.scatter([p[0] for p in front], [p[1] for p in front], s=220, facecolors="none",
+               edgecolors="k", zorder=2, label="Pareto frontier")
+    ax.step([p[0] for p in front], [p[1] for p in front], "k--", lw=1, where="post")
     ax.set_xscale("log")
     ax.set_xlabel(f"TPM, {workload} (K tokens/s/GiB, higher is better)")
     ax.set_ylabel("validation bits per byte (lower is better)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

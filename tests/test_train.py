@@ -187,7 +187,8 @@ def _bad_inputs(env, tmp: Path) -> dict[str, tuple[list, str]]:
 
 def test_bad_input_one_line_errors(env, tmp_path, capsys):
     for name, (argv, message) in _bad_inputs(env, tmp_path).items():
-        assert run_cli(*TINY, "--max-steps", "1", *argv) == 2, name
+        # A default --out would be created in the working directory: keep it in tmp_path.
+        assert run_cli(*TINY, "--max-steps", "1", "--out", tmp_path / "out", *argv) == 2, name
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and err.startswith("photon train: error")
 

@@ -1,4 +1,4 @@
-"""The paper's throughput protocol (PHOTON.md §6), run for every model on the same machine.
+"""The paper's throughput protocol (docs/PHOTON.md §6), run for every model on the same machine.
 
 For each model and workload (PF: prompt 2048, generate 128; DE: prompt 128, generate 2048;
 random prompts, greedy, no EOS):
@@ -15,10 +15,12 @@ attention PHOTON uses, so the comparison isolates the architecture.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -110,6 +112,20 @@ def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: 
     return t1 - t0, t2 - t0, decoder
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side logs every start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes of tensors allocated while `fn` runs, above what was live before."""
     if device.type == "cuda":
@@ -121,7 +137,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
@@ -194,14 +210,14 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'model':<16}{'mode':<9}{'wl':<4}{'batch':>6}{'GiB/sample':>12}"
+    head = (f"{'model':<16}{'mode':<9}{'wl':<4}{'batch':>6}{'MiB/sample':>12}"
             f"{'cache B/sample':>16}{'tok/s':>11}{'TPM':>11}{'prefill s':>10}"
             f"{'vs vanilla':>11}{'vs block':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = lambda x: "-" if x is None else f"{x:.1f}x"
         lines.append(f"{r.model:<16}{r.mode:<9}{r.workload:<4}{r.batch:>6}"
-                     f"{r.mem_per_sample_gib:>12.5f}{r.cache_bytes_per_sample:>16,}"
+                     f"{r.mem_per_sample_gib * 1024:>12.3f}{r.cache_bytes_per_sample:>16,}"
                      f"{r.tokens_per_s:>11.1f}{r.tpm:>11.2f}{r.prefill_s:>10.3f}"
                      f"{ratio(r.vs_vanilla):>11}{ratio(r.vs_block):>9}")
     return "\n".join(lines)

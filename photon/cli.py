@@ -136,11 +136,10 @@ def _bench(args: argparse.Namespace) -> None:
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
     batches = tuple(int(b) for b in args.slope_batches.split(","))
     modes = args.modes.split(",")
+    models = bench.load_models(names, device, dtype, args.compile)
     env = bench.environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
     print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
-
-    models = bench.load_models(names, device, dtype, args.compile)
     jobs = [(name, model, mode, wl, p, g) for name, model in models
             for mode in bench.modes_of(model, modes) for wl, (p, g) in workloads.items()]
     rows = []
@@ -174,7 +173,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
     from photon.errors import InputError
-    from photon.generate import generate_text
+    from photon.generate import generate_text, make_sampler
 
     if (args.prompt is None) == (args.prompt_file is None):
         raise InputError("give exactly one of --prompt TEXT and --prompt-file FILE")
@@ -190,22 +189,26 @@ def _generate(args: argparse.Namespace) -> None:
         prompts = [args.prompt]
     if args.max_new_tokens <= 0:
         raise InputError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    make_sampler(args.temperature, args.top_k, args.top_p)  # bad values fail before output
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
     single = len(prompts) == 1
+    echoed = False
 
     def stream(_b: int, piece: str) -> None:
+        nonlocal echoed
+        if not echoed:  # the prompt, once generation has surely started
+            print(prompts[0], end="")
+            echoed = True
         print(piece, end="", flush=True)
 
-    if single:
-        print(prompts[0], end="", flush=True)
     texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, mode=args.mode,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           seed=args.seed, stop_strings=args.stop or (),
                           max_length=args.max_length,
                           stream=stream if single else None)
     if single:
-        print()
+        print("" if echoed else prompts[0])
     else:
         for prompt, text in zip(prompts, texts, strict=True):
             print(json.dumps({"prompt": prompt, "completion": text}, ensure_ascii=False))
@@ -223,8 +226,10 @@ def _add_generate_parser(verbs) -> None:
         epilog="Example: photon generate runs/photon-small --prompt 'ROMEO:' "
                "--max-new-tokens 200 --temperature 0.8 --top-p 0.95 --seed 0")
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
-    p.add_argument("--prompt", help="prompt text; an empty one starts a new document")
-    p.add_argument("--prompt-file", help="file with one prompt per line, decoded as a batch")
+    p.add_argument("--prompt", help="prompt text; an empty one starts a new document from the "
+                                    "end-of-text token (BPE tokenizers; raw bytes have none)")
+    p.add_argument("--prompt-file", help="file with one prompt per line, decoded as a batch "
+                                         "(blank lines are skipped)")
     p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen",
                    help="PHOTON decoding schedule (ignored by flat models)")
     p.add_argument("--max-new-tokens", type=int, default=200)
@@ -295,7 +300,7 @@ def _add_eval_parser(verbs) -> None:
 def _add_bench_parser(verbs) -> None:
     p = verbs.add_parser(
         "bench", help="throughput and memory of vanilla, block and PHOTON, the paper's way",
-        description="The paper's protocol (PHOTON.md section 6): for each model, per-sample "
+        description="The paper's protocol (docs/PHOTON.md section 6): for each model, per-sample "
                     "memory is the slope of peak memory between two batch sizes; the batch is "
                     "the largest that fits --budget-gib; throughput is generated tokens/s over "
                     "the batch (prefill included); TPM = throughput / per-sample memory in K "

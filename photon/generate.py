@@ -1,6 +1,6 @@
 """Decoding: prefill, then HierGen or RecGen for PHOTON, plain KV-cached decoding for the
 flat model. `generate` is the entry point; `sequential_logits` scores a text the way
-generation would see it (RecGen's likelihood, PHOTON.md §5.3).
+generation would see it (RecGen's likelihood, docs/PHOTON.md §5.3).
 
 PHOTON decodes one meta-context (C_1…C_L tokens) per step. Its token chunks depend only on
 their conditioning latents, never on each other's tokens, so all sub-chunks of a

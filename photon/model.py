@@ -5,7 +5,7 @@ Both are called as `model(input_ids, labels=None)` and return logits [B, T, V] w
 `logits[:, i]` is the distribution of token i+1 given tokens 0..i, so one evaluation code
 serves every model.
 
-PHOTON in brief (PHOTON.md §3). Encoder, bottom-up: level 1 embeds tokens at width D/C_1 and
+PHOTON in brief (docs/PHOTON.md §3). Encoder, bottom-up: level 1 embeds tokens at width D/C_1 and
 concatenates C_1 of them; level l >= 2 concatenates C_l level-(l-1) states, normalises and
 projects them to D; each level runs a causal context encoder over its stream. Decoder,
 top-down: the top stream is shifted by one position (a chunk only sees coarser states of

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's protocol (PHOTON.md §6) at paper scale on one CUDA GPU: vanilla-600m,
+# The paper's protocol (docs/PHOTON.md §6) at paper scale on one CUDA GPU: vanilla-600m,
 # block-600m and photon-600m (HierGen and RecGen), workloads PF and DE, bf16, the batch
 # picked from a memory budget, plus a context sweep. Randomly initialised weights: speed
 # and memory do not depend on them. Sized to finish in under 10 minutes on one H100/H200.

@@ -44,7 +44,7 @@ class KVCache:
 
     def bytes_per_entry(self) -> int:
         """Bytes one position of one sequence takes across all layers."""
-        n_layers, batch, _, capacity, _ = self.k.shape
+        _, batch, _, capacity, _ = self.k.shape
         return self.nbytes // (batch * capacity)
 
     def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:

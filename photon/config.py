@@ -61,7 +61,11 @@ class _Common:
         return d
 
     def replace(self, **changes: Any):
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); an unknown field is an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for name in changes:
+            _require(name in known, name, f"not a field of the {self.model_type} config; "
+                     f"fields: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **changes)
 
 
@@ -92,6 +96,9 @@ class PhotonConfig(_Common):
     variant: str = "B"  # which latent conditions which chunk, docs/PHOTON.md §3.3
     rec_alpha: float = 0.0  # weight of the reconstruction loss L_rec
     rec_detach: bool = False  # stop the gradient through the L_rec target (encoder states)
+    # Level >= 2 decoders read the encoder states of earlier positions of their chunk instead
+    # of their own outputs (docs/PHOTON.md §3.5); not the paper's form.
+    latent_teacher_forcing: bool = False
     model_type: ClassVar[str] = "photon"
 
     def __post_init__(self) -> None:

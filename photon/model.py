@@ -153,10 +153,15 @@ class PhotonLM(GenerationMixin, nn.Module):
         return self.encoders[level - 1](self.chunk(level, x), cache, advance)
 
     def encode(self, input_ids: Tensor) -> list[Tensor]:
-        """Encoder states X^(1..L) of whole meta-contexts; input length a multiple of C_1…C_L."""
+        """Encoder states X^(1..L) of every complete chunk of each level (level l encodes
+        T // (C_1…C_l) positions); a level with no complete chunk is empty ([B, 0, D])."""
         states, x = [], self.enc_embed(input_ids)
         for level in range(1, self.config.n_levels + 1):
-            x = self.encode_level(level, x)
+            C = self.config.chunk_sizes[level - 1]
+            if x.shape[1] >= C:
+                x = self.encode_level(level, x[:, :x.shape[1] // C * C])
+            else:
+                x = x.new_zeros(x.shape[0], 0, self.config.d_model)
             states.append(x)
         return states
 
@@ -183,18 +188,43 @@ class PhotonLM(GenerationMixin, nn.Module):
             outputs.append(x)
         return torch.cat(outputs, dim=1).view(B, N * C, D)
 
-    def decode_top_down(self, top_cond: Tensor, carries: list[Tensor] | None = None
-                        ) -> tuple[list[Tensor], Tensor]:
+    def decode_latents_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
+        """X̂^(l-1) [B, N*C_l, D] with the local decoder teacher-forced: after the R
+        conditioning vectors it reads the encoder states X^(l-1) of the chunk's earlier
+        positions (`inputs` [B, >= N*C_l - 1, D]), as the token decoder reads earlier tokens.
+        """
+        B, N, D = cond.shape
+        inputs = F.pad(inputs, (0, 0, 0, max(N * self.config.chunk_sizes[level - 1]
+                                             - inputs.shape[1], 0)))
+        return self._local_forced(level, cond, inputs)
+
+    def _local_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
+        """Run local decoder `level` over [U_1..U_R; inputs of the chunk but its last] for
+        every chunk at once: [B, N, D] conditioning, [B, >= N*C, D] inputs -> [B, N*C, D]."""
+        B, N, D = cond.shape
+        R, C = self.config.n_cond, self.config.chunk_sizes[level - 1]
+        u = self.conditioning(level, cond)
+        y = inputs[:, :N * C].reshape(B * N, C, -1)[:, :C - 1]
+        h = self.decoders[level - 1](torch.cat((u, y.to(u.dtype)), dim=1))[:, R - 1:]
+        return h.reshape(B, N * C, D)
+
+    def decode_top_down(self, top_cond: Tensor, carries: list[Tensor] | None = None,
+                        states: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
         """Top-down pass from the (already shifted) top conditioning [B, N, D].
 
         Returns the reconstructions X̂^(L-1), …, X̂^(1) and the conditioning latent of every
         token chunk. Under variant A every level shifts by one position; `carries` are the
         latents just before this span (one per level, top-down, [B, 1, D]), which decoding
-        one meta-context at a time passes on; None means the start of the sequence.
+        one meta-context at a time passes on; None means the start of the sequence. With
+        `latent_teacher_forcing`, `states` (the encoder states X^(1..L)) are the level >= 2
+        decoders' inputs.
         """
         cond, recons = top_cond, []
         for i, level in enumerate(range(self.config.n_levels, 1, -1)):
-            latents = self.decode_latents(level, cond)
+            if self.config.latent_teacher_forcing:
+                latents = self.decode_latents_forced(level, cond, states[level - 2])
+            else:
+                latents = self.decode_latents(level, cond)
             recons.append(latents)
             if self.config.variant == "A":
                 cond = shift_right(latents, None if carries is None else carries[i])
@@ -204,12 +234,7 @@ class PhotonLM(GenerationMixin, nn.Module):
 
     def decode_tokens(self, cond: Tensor, input_ids: Tensor) -> Tensor:
         """Teacher-forced token decoder: hidden states [B, N*C_1, D] predicting each token."""
-        B, N, D = cond.shape
-        R, C = self.config.n_cond, self.config.chunk_sizes[0]
-        u = self.conditioning(1, cond)
-        y = self.dec_embed(input_ids.view(B * N, C)[:, :C - 1])
-        h = self.decoders[0](torch.cat((u, y.to(u.dtype)), dim=1))[:, R - 1:]
-        return h.reshape(B, N * C, D)
+        return self._local_forced(1, cond, self.dec_embed(input_ids))
 
     @staticmethod
     def reconstruction_loss(recons: list[Tensor], states: list[Tensor]) -> Tensor:
@@ -225,35 +250,41 @@ class PhotonLM(GenerationMixin, nn.Module):
                 terms.append((1 - cos).mean())
         return torch.stack(terms).mean() if terms else recons[0].new_zeros((), dtype=torch.float)
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
+    def encode_prefix(self, input_ids: Tensor) -> list[Tensor]:
+        """Encoder states of `input_ids` [B, T] that predictions may read: the top level over
+        complete meta-contexts only (token i is predicted from the top state of the
+        meta-context before its own, so nothing after the input is ever read), lower levels
+        over their complete chunks (read by latent teacher forcing and L_rec)."""
+        T = input_ids.shape[1] // self.config.chunk_sizes[0] * self.config.chunk_sizes[0]
+        return self.encode(input_ids[:, :T])
+
+    def predict(self, input_ids: Tensor, states: list[Tensor], labels: Tensor | None = None
+                ) -> ModelOutput:
+        """Logits (and losses) of `input_ids` given encoder states of its complete
+        meta-contexts; `forward` is `predict(ids, encode_prefix(ids))`. Passing altered
+        states (zeroed, or swapped between sequences) measures what the top stream carries.
+        """
         c = self.config
-        check_token_ids(input_ids, c.vocab_size)
-        B, T = input_ids.shape
-        P = c.meta_len
-        # Position i is predicted from the top state of the meta-context before its own, so
-        # only complete meta-contexts are encoded and nothing after the input is ever read.
-        complete = T // P
-        if complete:
-            states = self.encode(input_ids[:, :complete * P])
-            top = states[-1]
-        else:
-            states = []
-            top = self.enc_embed.weight.new_zeros(B, 0, c.d_model)
-        top_cond = F.pad(top, (0, 0, 1, 0))  # zero start latent; meta-contexts 0..complete
-        recons, cond = self.decode_top_down(top_cond)
-        padded = F.pad(input_ids, (0, top_cond.shape[1] * P - T))
+        T = input_ids.shape[1]
+        top_cond = F.pad(states[-1], (0, 0, 1, 0))  # zero start latent; metas 0..complete
+        recons, cond = self.decode_top_down(top_cond, states=states)
+        padded = F.pad(input_ids, (0, top_cond.shape[1] * c.meta_len - T))
         hidden = self.decode_tokens(cond, padded)
         logits = self.lm_head(hidden[:, 1:T + 1])  # hidden[:, i] predicts token i
         if labels is None:
             return ModelOutput(logits)
         tok = token_loss(logits, labels)
-        if not recons or not states:
+        if not recons or not states[-1].shape[1]:
             rec = tok.new_zeros(())
         else:
             targets = [s.detach() for s in states] if c.rec_detach else states
             rec = self.reconstruction_loss(recons, targets)
         loss = tok + c.rec_alpha * rec if c.rec_alpha else tok
         return ModelOutput(logits, loss, {"token": tok, "rec": rec})
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        check_token_ids(input_ids, self.config.vocab_size)
+        return self.predict(input_ids, self.encode_prefix(input_ids), labels)
 
 
 Model = PhotonLM | TransformerLM

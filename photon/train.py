@@ -34,7 +34,8 @@ from photon.config import get_preset
 from photon.data import SHAKESPEARE, WindowSampler, get_tokenizer, load_tokens, pack, read_windows
 from photon.errors import CheckpointError, ConfigError, DataError
 from photon.flops import training_flops_per_token
-from photon.model import Model, build_model
+from photon.model import Model, PhotonLM, build_model
+from photon.probe import ablation_nll, nll
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainArgs:
     """Everything that defines a run (saved with every checkpoint)."""
 
     preset: str = "photon-small"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config fields
     data: str = SHAKESPEARE
     tokenizer: str = "bpe"  # "bpe" (trained on the corpus) or "bytes"
     vocab_size: int = 4096  # BPE only
@@ -69,8 +71,8 @@ class TrainArgs:
 
 
 # Changing these would silently train a different run, so a resume must agree with them.
-MUST_MATCH = ("preset", "data", "tokenizer", "vocab_size", "seq_len", "batch_size", "lr",
-              "warmup", "weight_decay", "grad_clip", "seed")
+MUST_MATCH = ("preset", "overrides", "data", "tokenizer", "vocab_size", "seq_len", "batch_size",
+              "lr", "warmup", "weight_decay", "grad_clip", "seed")
 DEFAULT_STEPS = 100
 
 
@@ -187,22 +189,36 @@ def _prepare_out(out: Path, resuming: bool) -> None:
 def evaluate(model: Model, tokens, seq_len: int, max_tokens: int, byte_lengths: torch.Tensor,
              autocast, ctx: Distributed) -> dict[str, float]:
     """Mean token loss (nats) and bits per byte over the first `max_tokens` validation tokens,
-    cut into windows of `seq_len`; processes split the windows and add up the sums."""
+    cut into windows of `seq_len`; processes split the windows and add up the sums.
+
+    For PHOTON also `val_swap_delta`: the mean loss increase over the tokens that have a top
+    state (meta-contexts g >= 1) when the top states are swapped between the windows of a
+    batch. Near zero means the model does not read its hierarchy (see `photon.probe`).
+    """
     length = min(seq_len, len(tokens))
-    batch = max(8192 // length, 1)  # no backward pass: large batches amortise op overhead
+    batch = max(8192 // length, 2)  # no backward pass: large batches amortise op overhead
     starts = list(range(0, min(len(tokens), max(max_tokens, length)) - length + 1, length))
-    nats = nbytes = 0.0
+    hier = isinstance(model, PhotonLM) and length > model.config.meta_len
+    first = model.config.meta_len - 1 if hier else 0  # first prediction with a top state
+    nats = nbytes = swap = swapped = 0.0
     model.eval()
     for i in range(ctx.rank * batch, len(starts), batch * ctx.world):
         x = read_windows(tokens, starts[i:i + batch], length).to(ctx.device)
         with autocast():
-            out = model(x, labels=x)
-        nats += out.losses["token"].item() * x.shape[0] * (length - 1)
+            losses = ablation_nll(model, x, zero=False) if hier else \
+                {"base": nll(model(x).logits, x)}
+        nats += losses["base"].double().sum().item()
         nbytes += byte_lengths[x[:, 1:].cpu()].sum().item()
+        if "swap" in losses:
+            swap += (losses["swap"] - losses["base"])[:, first:].double().sum().item()
+            swapped += losses["base"][:, first:].numel()
     model.train()
-    nats, nbytes = ctx.sum([nats, nbytes])
+    nats, nbytes, swap, swapped = ctx.sum([nats, nbytes, swap, swapped])
     count = len(starts) * (length - 1)
-    return {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
+    result = {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
+    if swapped:
+        result["val_swap_delta"] = swap / swapped
+    return result
 
 
 def train(given: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
@@ -225,7 +241,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
         model, tokenizer = ckpt_io.load_model(ckpt)
     else:
         args = merge_args(given, None)
-        get_preset(args.preset)  # an unknown preset fails before any data work
+        get_preset(args.preset).replace(**args.overrides)  # bad ones fail before data work
         out = Path(args.out or f"runs/{args.preset}")
     if ctx.main:
         _prepare_out(out, resume is not None)
@@ -249,7 +265,8 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
 
     preset = get_preset(args.preset)
     args.seq_len = args.seq_len or min(preset.max_seq_len, 512)
-    config = preset.replace(vocab_size=tokenizer.vocab_size, max_seq_len=args.seq_len)
+    config = preset.replace(vocab_size=tokenizer.vocab_size, max_seq_len=args.seq_len,
+                            **args.overrides)
     if resume is None:
         torch.manual_seed(args.seed)
         model = build_model(config)
@@ -356,8 +373,10 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             last.update(result)
             log({"step": step, **result})
             if ctx.main:
+                swap = result.get("val_swap_delta")
                 bar.write(f"step {step}: val loss {result['val_loss']:.4f}, "
-                          f"val bpb {result['val_bpb']:.4f}")
+                          f"val bpb {result['val_bpb']:.4f}"
+                          + ("" if swap is None else f", top-stream swap delta {swap:+.4f}"))
         if step % args.save_every == 0 or done:
             path = save()
         if out_of_time:

@@ -1,7 +1,9 @@
 """photon: PHOTON hierarchical autoregressive language models and their baselines."""
 
 from photon.checkpoint import load_model, save_checkpoint
-from photon.config import (
+from photon.data.tokenizer import Tokenizer
+from photon.errors import CheckpointError, DataError, PhotonError
+from photon.model.config import (
     PRESETS,
     ConfigError,
     PhotonConfig,
@@ -9,10 +11,8 @@ from photon.config import (
     config_from_dict,
     get_preset,
 )
-from photon.errors import CheckpointError, DataError, PhotonError
-from photon.flops import training_flops_per_token
-from photon.model import ModelOutput, PhotonLM, TransformerLM, build_model, count_parameters
-from photon.tokenizer import Tokenizer
+from photon.model.flops import training_flops_per_token
+from photon.model.lm import ModelOutput, PhotonLM, TransformerLM, build_model, count_parameters
 
 __version__ = "0.1.0"
 

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from photon.config import PhotonConfig
-from photon.generate import FlatDecoder, PhotonDecoder, make_sampler
-from photon.model import Model, PhotonLM
+from photon.inference.generate import FlatDecoder, PhotonDecoder, make_sampler
+from photon.model.config import PhotonConfig
+from photon.model.lm import Model, PhotonLM
 
 GIB = 1024**3
 WORKLOADS = {"PF": (2048, 128), "DE": (128, 2048)}
@@ -336,8 +336,8 @@ def modes_of(model: Model, modes: list[str]) -> list[str]:
 def load_models(names: list[str], device: torch.device, dtype: torch.dtype,
                 compile_stacks: bool) -> list[tuple[str, Model]]:
     """Presets (randomly initialised: speed does not depend on the weights) or checkpoints."""
-    from photon.layers import Stack
-    from photon.model import build_model
+    from photon.model.layers import Stack
+    from photon.model.lm import build_model
 
     models = []
     for name in names:

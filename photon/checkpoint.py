@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from photon.config import config_from_dict
+from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError, PhotonError
-from photon.model import Model, build_model
-from photon.tokenizer import Tokenizer
+from photon.model.config import config_from_dict
+from photon.model.lm import Model, build_model
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"

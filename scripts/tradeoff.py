@@ -25,8 +25,8 @@ import torch
 
 from photon import bench
 from photon.checkpoint import load_model
-from photon.data import validation_text
-from photon.evaluate import evaluate_text
+from photon.data.corpus import validation_text
+from photon.evaluation.perplexity import evaluate_text
 
 MODELS = ["vanilla-small", "block-small", "photon-small", "photon-small-2x2", "photon-small-A"]
 QUICK_MODELS = ["vanilla-tiny", "block-tiny", "photon-tiny"]

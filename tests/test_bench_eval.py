@@ -9,8 +9,8 @@ import photon
 from photon import bench
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
-from photon.evaluate import evaluate_tokens, windows
-from photon.tokenizer import Tokenizer
+from photon.data.tokenizer import Tokenizer
+from photon.evaluation.perplexity import evaluate_tokens, windows
 from tests.test_model import make
 
 
@@ -133,6 +133,6 @@ def test_eval_cli(checkpoint, capsys, tmp_path):
 def test_empty_prompt_starts_a_document_when_there_is_an_eos():
     tok = Tokenizer.train_bpe(["some text to learn a few merges from"] * 20, vocab_size=300)
     model = photon.build_model("photon-tiny", vocab_size=tok.vocab_size)
-    from photon.generate import generate_text
+    from photon.inference.generate import generate_text
 
     assert len(generate_text(model, tok, [""], 4)) == 1

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import photon
-from photon.cache import KVCache, LocalKVCache
 from photon.errors import CacheFullError, InputError
-from photon.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
+from photon.inference.cache import KVCache, LocalKVCache
+from photon.inference.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
 from tests.test_model import make
 
 ALL = ["vanilla", "block", "photon-B", "photon-A", "photon-L3", "photon-L3-A"]

@@ -7,7 +7,7 @@ import torch
 
 import photon
 from photon.cli import main as cli_main
-from photon.config import ConfigError, PhotonConfig, config_from_dict
+from photon.model.config import ConfigError, PhotonConfig, config_from_dict
 
 PAPER_COUNTS = {
     "photon-600m": 646_399_104,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import photon
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
-from photon.data import (
+from photon.data.corpus import (
     WindowSampler,
     load_tokens,
     pack,
@@ -29,9 +29,9 @@ from photon.data import (
     split_documents,
     validation_text,
 )
+from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError
-from photon.tokenizer import Tokenizer
-from photon.train import TrainArgs, total_steps
+from photon.training.train import TrainArgs, total_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",

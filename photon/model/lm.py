@@ -1,5 +1,5 @@
 """The models: `PhotonLM` (any number of levels; one level is the Block Transformer) and the
-flat `TransformerLM` baseline, built from the blocks of `photon.layers`.
+flat `TransformerLM` baseline, built from the blocks of `photon.model.layers`.
 
 Both are called as `model(input_ids, labels=None)` and return logits [B, T, V] where
 `logits[:, i]` is the distribution of token i+1 given tokens 0..i, so one evaluation code
@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from photon.cache import LocalKVCache
-from photon.config import ModelConfig, PhotonConfig, TransformerConfig, get_preset
 from photon.errors import InputError
-from photon.layers import RMSNorm, Stack, StreamCache
+from photon.inference.cache import LocalKVCache
+from photon.model.config import ModelConfig, PhotonConfig, TransformerConfig, get_preset
+from photon.model.layers import RMSNorm, Stack, StreamCache
 
 
 @dataclass
@@ -48,11 +48,11 @@ def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 class GenerationMixin:
-    """`model.generate(...)`: see `photon.generate.generate`."""
+    """`model.generate(...)`: see `photon.inference.generate.generate`."""
 
     def generate(self, prompts, max_new_tokens: int, mode: str = "hiergen", **kwargs):
-        """New token-id lists for each prompt; arguments as `photon.generate.generate`."""
-        from photon.generate import generate
+        """New token-id lists for each prompt; arguments as `photon.inference.generate`."""
+        from photon.inference.generate import generate
 
         return generate(self, prompts, max_new_tokens, mode=mode, **kwargs)
 

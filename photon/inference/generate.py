@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from photon.cache import KVCache, LocalKVCache
 from photon.errors import CacheFullError, InputError
-from photon.model import Model, PhotonLM, check_token_ids
+from photon.inference.cache import KVCache, LocalKVCache
+from photon.model.lm import Model, PhotonLM, check_token_ids
 
 Sampler = Callable[[Tensor], Tensor]
 MODES = ("hiergen", "recgen")
@@ -101,6 +101,9 @@ class PhotonDecoder:
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
         c, p = model.config, next(model.parameters())
+        if c.latent_teacher_forcing:
+            raise InputError("decoding a model trained with latent_teacher_forcing is not "
+                             "supported yet")
         if mode == "recgen" and c.n_levels < 2:
             raise InputError("recgen needs a model with at least 2 levels (this one has 1: "
                              "a Block Transformer); use mode='hiergen'")

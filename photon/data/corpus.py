@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError
-from photon.tokenizer import Tokenizer
 
 SHAKESPEARE = "shakespeare"
 VAL_FRACTION = 0.05

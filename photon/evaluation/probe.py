@@ -32,8 +32,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from photon.errors import InputError
-from photon.generate import sequential_logits
-from photon.model import Model, PhotonLM
+from photon.inference.generate import sequential_logits
+from photon.model.lm import Model, PhotonLM
 
 
 def unigram_logprobs(tokens: np.ndarray, vocab_size: int) -> Tensor:

@@ -3,7 +3,7 @@
 Pre-norm blocks of RMSNorm, multi-head causal attention with rotary position embeddings
 (through `F.scaled_dot_product_attention`), and a SwiGLU MLP, without biases. A `Stack` is
 blocks plus a final norm; it runs either over a whole sequence (training, `cache=None`) or
-incrementally against a KV cache (see `photon.cache`).
+incrementally against a KV cache (see `photon.inference.cache`).
 """
 
 from __future__ import annotations

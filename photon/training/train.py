@@ -30,12 +30,19 @@ from torch import nn
 from tqdm import tqdm
 
 from photon import checkpoint as ckpt_io
-from photon.config import get_preset
-from photon.data import SHAKESPEARE, WindowSampler, get_tokenizer, load_tokens, pack, read_windows
+from photon.data.corpus import (
+    SHAKESPEARE,
+    WindowSampler,
+    get_tokenizer,
+    load_tokens,
+    pack,
+    read_windows,
+)
 from photon.errors import CheckpointError, ConfigError, DataError
-from photon.flops import training_flops_per_token
-from photon.model import Model, PhotonLM, build_model
-from photon.probe import ablation_nll, nll
+from photon.evaluation.probe import ablation_nll, nll
+from photon.model.config import get_preset
+from photon.model.flops import training_flops_per_token
+from photon.model.lm import Model, PhotonLM, build_model
 
 
 @dataclass
@@ -193,7 +200,7 @@ def evaluate(model: Model, tokens, seq_len: int, max_tokens: int, byte_lengths: 
 
     For PHOTON also `val_swap_delta`: the mean loss increase over the tokens that have a top
     state (meta-contexts g >= 1) when the top states are swapped between the windows of a
-    batch. Near zero means the model does not read its hierarchy (see `photon.probe`).
+    batch. Near zero means the model does not read its hierarchy (see `photon.evaluation.probe`).
     """
     length = min(seq_len, len(tokens))
     batch = max(8192 // length, 2)  # no backward pass: large batches amortise op overhead

@@ -9,8 +9,9 @@ tokenizers compare fairly.
 
 Under RecGen (PHOTON with L >= 2) each window's unscored context is the prompt: its complete
 meta-contexts are encoded, and the scored tokens are predicted with the top stream advanced by
-the decoder's own reconstructions (`photon.generate.sequential_logits`). The first window's
-context is scored as a prompt is, by the encoder (HierGen), as there is nothing before it.
+the decoder's own reconstructions (`photon.inference.generate.sequential_logits`). The first
+window's context is scored as a prompt is, by the encoder (HierGen), as there is nothing
+before it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from photon.errors import InputError
-from photon.generate import MODES, sequential_logits
-from photon.model import Model, PhotonLM
+from photon.inference.generate import MODES, sequential_logits
+from photon.model.lm import Model, PhotonLM
 
 
 @dataclass

@@ -9,7 +9,7 @@ level-l latent, so the baselines and PHOTON can be given the same compute honest
 
 from __future__ import annotations
 
-from photon.config import ModelConfig, PhotonConfig
+from photon.model.config import ModelConfig, PhotonConfig
 
 
 def _layer_matmul_flops(c: ModelConfig) -> int:

@@ -1,0 +1,7 @@
+"""`python -m photon` runs the `photon` command."""
+
+import sys
+
+from photon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""`photon bench`: the paper's throughput and memory protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from photon import bench
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype] or (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    size = args.size or ("tiny" if args.quick else "600m" if device.type == "cuda" else "small")
+    names = args.models or [f"{kind}-{size}" for kind in ("vanilla", "block", "photon")]
+    workloads = bench.QUICK_WORKLOADS if args.quick else bench.WORKLOADS
+    if args.prompt_len or args.gen_len:
+        workloads = {"custom": (args.prompt_len or 128, args.gen_len or 128)}
+    else:
+        workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
+    budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
+    max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
+    batches = tuple(int(b) for b in args.slope_batches.split(","))
+    modes = args.modes.split(",")
+    models = bench.load_models(names, device, dtype, args.compile)
+    env = bench.environment(device, dtype)
+    print("  ".join(f"{k}={v}" for k, v in env.items()))
+    print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
+    jobs = [(name, model, mode, wl, p, g) for name, model in models
+            for mode in bench.modes_of(model, modes) for wl, (p, g) in workloads.items()]
+    rows = []
+    for name, model, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
+        rows.append(bench.measure(name, model, mode, wl, p, g, budget, max_batch, batches))
+    bench.add_ratios(rows)
+    print(bench.format_table(rows))
+
+    out = {**env, "rows": [bench.asdict(r) for r in rows]}
+    os.makedirs(args.out, exist_ok=True)
+    if args.sweep or args.quick:
+        contexts = [int(c) for c in (args.sweep or "32,128").split(",")]
+        points = []
+        sweep_jobs = [(name, model, mode) for name, model in models
+                      for mode in bench.modes_of(model, modes)]
+        for name, model, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
+            points += bench.context_sweep(name, model, mode, contexts,
+                                          2 if args.quick else args.sweep_batch,
+                                          32 if args.quick else args.sweep_gen)
+        path = os.path.join(args.out, "context_sweep.png")
+        bench.plot_sweep(points, path)
+        print(f"context sweep plot: {path}")
+        out["sweep"] = [bench.asdict(p) for p in points]
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"results: {os.path.join(args.out, 'bench.json')}")
+    if args.json:
+        print(json.dumps(out))
+
+
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "bench", help="throughput and memory of vanilla, block and PHOTON, the paper's way",
+        description="The paper's protocol (docs/PHOTON.md section 6): for each model, per-sample "
+                    "memory is the slope of peak memory between two batch sizes; the batch is "
+                    "the largest that fits --budget-gib; throughput is generated tokens/s over "
+                    "the batch (prefill included); TPM = throughput / per-sample memory in K "
+                    "tokens/s/GiB. Workloads PF (prompt 2048, generate 128) and DE (prompt "
+                    "128, generate 2048), random prompts, greedy, no EOS. Rows: vanilla, block "
+                    "and PHOTON under HierGen and RecGen, with TPM ratios to vanilla and block.",
+        epilog="Examples: photon bench --quick | photon bench --size small --workloads DE | "
+               "photon bench --models runs/vanilla-small runs/photon-small --sweep "
+               "512,1024,2048,4096")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny presets, short workloads, small budget: the whole protocol in "
+                        "well under a minute")
+    p.add_argument("--size", help="preset trio: tiny, small (CPU default), 600m (CUDA default), "
+                                  "900m, 1.2b")
+    p.add_argument("--models", nargs="+", metavar="NAME_OR_CHECKPOINT",
+                   help="presets or checkpoint folders instead of a trio")
+    p.add_argument("--workloads", default="PF,DE", help="comma-separated: PF, DE")
+    p.add_argument("--prompt-len", type=int, help="custom workload: prompt tokens")
+    p.add_argument("--gen-len", type=int, help="custom workload: generated tokens")
+    p.add_argument("--modes", default="hiergen,recgen", help="PHOTON decoding modes")
+    p.add_argument("--budget-gib", type=float,
+                   help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
+    p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")
+    p.add_argument("--slope-batches", default="2,8",
+                   help="the two batch sizes whose peak-memory slope is the per-sample memory")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"],
+                   help="default bf16 on CUDA, fp32 on CPU (faster than bf16 for small "
+                        "inference matmuls on CPU)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every Transformer stack of every model alike")
+    p.add_argument("--sweep", metavar="CONTEXTS",
+                   help="context sweep, e.g. 512,1024,2048,4096,8192: memory and time per "
+                        "token against context, plotted to OUT/context_sweep.png")
+    p.add_argument("--sweep-batch", type=int, default=4, help="batch of the context sweep")
+    p.add_argument("--sweep-gen", type=int, default=64,
+                   help="tokens generated at each context of the sweep")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json and plots")
+    p.add_argument("--json", action="store_true",
+                   help="print all results as one JSON line (the last line of stdout)")
+    p.set_defaults(run=run)

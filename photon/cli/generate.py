@@ -1,0 +1,82 @@
+"""`photon generate`: continue prompts with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> None:
+    from photon.checkpoint import load_model
+    from photon.errors import InputError
+    from photon.inference.generate import generate_text, make_sampler
+
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise InputError("give exactly one of --prompt TEXT and --prompt-file FILE")
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompts = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise InputError(f"cannot read the prompt file: {e}") from None
+        if not prompts:
+            raise InputError(f"{args.prompt_file} holds no prompt (one per line)")
+    else:
+        prompts = [args.prompt]
+    if args.max_new_tokens <= 0:
+        raise InputError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    make_sampler(args.temperature, args.top_k, args.top_p)  # bad values fail before output
+    model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
+    model.eval()
+    single = len(prompts) == 1
+    echoed = False
+
+    def stream(_b: int, piece: str) -> None:
+        nonlocal echoed
+        if not echoed:  # the prompt, once generation has surely started
+            print(prompts[0], end="")
+            echoed = True
+        print(piece, end="", flush=True)
+
+    texts = generate_text(model, tokenizer, prompts, args.max_new_tokens, mode=args.mode,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          seed=args.seed, stop_strings=args.stop or (),
+                          max_length=args.max_length,
+                          stream=stream if single else None)
+    if single:
+        print("" if echoed else prompts[0])
+    else:
+        for prompt, text in zip(prompts, texts, strict=True):
+            print(json.dumps({"prompt": prompt, "completion": text}, ensure_ascii=False))
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "generate", help="generate text from a checkpoint (HierGen or RecGen)",
+        description="Continue a prompt with a trained model. PHOTON decodes one meta-context "
+                    "at a time: HierGen re-encodes every generated meta-context bottom-up, "
+                    "RecGen only advances the top stream from the decoder's reconstructions "
+                    "(smaller cache, faster, usually lower quality). With --prompt-file, all "
+                    "prompts (one per line) decode as one batch and each result is printed as "
+                    "a JSON line; a single --prompt streams its text as it is produced.",
+        epilog="Example: photon generate runs/photon-small --prompt 'ROMEO:' "
+               "--max-new-tokens 200 --temperature 0.8 --top-p 0.95 --seed 0")
+    p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
+    p.add_argument("--prompt", help="prompt text; an empty one starts a new document from the "
+                                    "end-of-text token (BPE tokenizers; raw bytes have none)")
+    p.add_argument("--prompt-file", help="file with one prompt per line, decoded as a batch "
+                                         "(blank lines are skipped)")
+    p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen",
+                   help="PHOTON decoding schedule (ignored by flat models)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with mass p")
+    p.add_argument("--seed", type=int, help="seed of the sampler, for reproducible samples")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="stop a sequence at this text (repeatable); it is cut from the output")
+    p.add_argument("--max-length", type=int,
+                   help="cache capacity in tokens (default: longest prompt + "
+                        "max-new-tokens); a request that needs more is refused")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.set_defaults(run=run)

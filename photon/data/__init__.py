@@ -1,0 +1,1 @@
+"""Training text: corpora, tokenizers, token arrays on disk, batches."""

@@ -1,0 +1,1 @@
+"""Decoding: KV caches, prefill, HierGen and RecGen, flat decoding, sampling."""

@@ -9,8 +9,8 @@ from photon.inference.cache import KVCache, LocalKVCache
 from photon.inference.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
 from tests.test_model import make
 
-ALL = ["vanilla", "block", "photon-B", "photon-A", "photon-L3", "photon-L3-A"]
-HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A"]
+HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF"]
+ALL = ["vanilla", "block", *HIERARCHICAL]
 PROMPTS = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9]]
 
 
@@ -81,7 +81,9 @@ def _force_perfect_reconstructions(model, monkeypatch, ids):
     monkeypatch.setattr(model, "decode_latents", decode_latents)
 
 
-@pytest.mark.parametrize("kind", HIERARCHICAL)
+# The paper's form: with latent teacher forcing, HierGen decodes latents chunk by chunk
+# from encoder states, which this patch of the parallel latent decoder does not reach.
+@pytest.mark.parametrize("kind", [k for k in HIERARCHICAL if not k.endswith("TF")])
 def test_recgen_equals_hiergen_with_perfect_reconstructions(kind, monkeypatch):
     model = make(kind)
     ids = torch.randint(0, 256, (2, 75), generator=torch.Generator().manual_seed(5))

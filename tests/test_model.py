@@ -31,6 +31,9 @@ MODELS = {
                                   "decoder_layers": (1, 1, 1)}),
     "photon-L3-A": ("photon-tiny", {"chunk_sizes": (2, 3, 2), "encoder_layers": (1, 1, 1),
                                     "decoder_layers": (1, 1, 1), "variant": "A"}),
+    "photon-TF": ("photon-tiny", {"latent_teacher_forcing": True}),
+    "photon-L3-TF": ("photon-tiny", {"chunk_sizes": (2, 3, 2), "encoder_layers": (1, 1, 1),
+                                     "decoder_layers": (1, 1, 1), "latent_teacher_forcing": True}),
 }
 
 

@@ -97,18 +97,22 @@ class FlatDecoder:
 
 
 class PhotonDecoder:
-    """HierGen / RecGen for PhotonLM: one meta-context per step."""
+    """HierGen / RecGen for PhotonLM: one meta-context per step.
+
+    A model with `latent_teacher_forcing` decodes under HierGen chunk by chunk instead: each
+    level >= 2 decoder reads the encoder state of the chunk just decoded below it, so a
+    chunk's tokens are encoded (advancing every encoder cache) before the next chunk starts.
+    Under RecGen there is no lower encoder, so its decoders read their own outputs.
+    """
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
         c, p = model.config, next(model.parameters())
-        if c.latent_teacher_forcing:
-            raise InputError("decoding a model trained with latent_teacher_forcing is not "
-                             "supported yet")
         if mode == "recgen" and c.n_levels < 2:
             raise InputError("recgen needs a model with at least 2 levels (this one has 1: "
                              "a Block Transformer); use mode='hiergen'")
         self.model, self.mode, self.P = model, mode, c.meta_len
         self.tokens_per_step = self.P
+        self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
         metas = math.ceil(capacity / self.P)
         # HierGen keeps every encoder level's cache; RecGen only the top one.
         self.caches = [
@@ -135,8 +139,13 @@ class PhotonDecoder:
 
     def _plan(self, top: Tensor, start: Tensor | None = None) -> None:
         """Decode the latents of the next meta-context of every sequence from the top
-        conditioning (for the prompt: of all its meta-contexts, then pick each one's)."""
+        conditioning (for the prompt: of all its meta-contexts, then pick each one's).
+        Chunk-by-chunk decoding only keeps the top conditioning: its latents need the
+        tokens."""
         c = self.model.config
+        if self.chunkwise:
+            self.top_cond = top if start is None else _gather_positions(top, start, 1)
+            return
         recons, cond = self.model.decode_top_down(top, self.carries)
         if start is not None:
             recons = [_gather_positions(r, start * r.shape[1] // top.shape[1],
@@ -162,7 +171,9 @@ class PhotonDecoder:
 
     def _advance(self, tokens: Tensor) -> None:
         """Move the top stream past the meta-context just decoded."""
-        if self.mode == "hiergen":
+        if self.chunkwise:
+            top = self.next_top  # encoded chunk by chunk while decoding
+        elif self.mode == "hiergen":
             top = self._encode(tokens)
         else:
             top = self.model.encode_level(self.model.config.n_levels, self.recons[0],
@@ -170,29 +181,28 @@ class PhotonDecoder:
         self._plan(top)
         self.meta_start = self.meta_start + self.P
 
-    def step(self, sampler: Sampler | None, forced: Tensor | None = None,
-             ) -> tuple[Tensor, Tensor, Tensor]:
-        """Decode one meta-context: (tokens [B, P], new [B, P], logits [B, P, V]).
+    def _known(self, forced: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(known [B, P], forced ids [B, P]) of the planned meta-context: the prompt's
+        tokens where it overlaps the prompt, or every token of `forced`."""
+        if forced is not None:
+            return torch.ones_like(forced, dtype=torch.bool), forced
+        device = self.known_ids.device
+        position = self.meta_start[:, None] + torch.arange(self.P)  # [B, P], on the host
+        known = (position < self.known_len[:, None]).to(device)
+        index = position.clamp(max=max(self.known_ids.shape[1] - 1, 0))
+        ids = self.known_ids.gather(1, index.to(device)) if self.known_ids.numel() else \
+            torch.zeros_like(known, dtype=torch.long)
+        return known, ids
 
-        The prompt's tokens are forced where the meta-context overlaps it; `forced` [B, P]
-        forces every token instead (teacher forcing, for scoring).
-        """
-        if self.pending is not None:
-            self._advance(self.pending)
+    def _token_chunks(self, cond: Tensor, known: Tensor, forced: Tensor,
+                      sampler: Sampler | None) -> tuple[Tensor, Tensor]:
+        """Decode S token chunks per sequence, all at once, from their conditioning latents
+        cond [B, S, D]: (tokens [B, S, C], logits [B, S, C, V]); known/forced [B, S, C]."""
         c = self.model.config
-        B, S, D = self.cond.shape
-        C, R, P = c.chunk_sizes[0], c.n_cond, self.P
-        if forced is None:
-            position = self.meta_start[:, None] + torch.arange(P)  # [B, P], on the host
-            known = (position < self.known_len[:, None]).to(self.cond.device)
-            index = position.clamp(max=max(self.known_ids.shape[1] - 1, 0))
-            forced = self.known_ids.gather(1, index.to(self.known_ids.device)) \
-                if self.known_ids.numel() else torch.zeros_like(known, dtype=torch.long)
-        else:
-            known = torch.ones_like(forced, dtype=torch.bool)
-        known, forced = known.view(B, S, C), forced.view(B, S, C)
-        x = self.model.conditioning(1, self.cond)
-        cache = LocalKVCache(R + C)
+        B, S, _ = cond.shape
+        C = c.chunk_sizes[0]
+        x = self.model.conditioning(1, cond)
+        cache = LocalKVCache(c.n_cond + C)
         tokens, logits = [], []
         for j in range(C):
             h = self.model.decoders[0](x, cache)[:, -1]
@@ -203,9 +213,57 @@ class PhotonDecoder:
             logits.append(step_logits)
             if j + 1 < C:
                 x = self.model.dec_embed(t.reshape(B * S, 1))
-        tokens = torch.stack(tokens, dim=2).view(B, P)
-        self.pending = tokens
-        return tokens, ~known.view(B, P), torch.stack(logits, dim=2).view(B, P, -1)
+        return torch.stack(tokens, dim=2), torch.stack(logits, dim=2)
+
+    def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,
+               sampler: Sampler | None, out: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Decode one level-`level` chunk of every sequence from its latent cond [B, 1, D]
+        (level 1: C_1 tokens, appended to `out` with their logits), encode it, and return
+        its encoder state X^(level) [B, 1, D]; known/forced [B, tokens of the chunk]."""
+        m = self.model
+        if level == 1:
+            C = m.config.chunk_sizes[0]
+            tokens, logits = self._token_chunks(cond, known.view(-1, 1, C),
+                                                forced.view(-1, 1, C), sampler)
+            out.append((tokens[:, 0], logits[:, 0]))
+            x = m.enc_embed(tokens[:, 0])
+        else:
+            C, span = m.config.chunk_sizes[level - 1], known.shape[1] // \
+                m.config.chunk_sizes[level - 1]
+            cache = LocalKVCache(m.config.n_cond + C)
+            inputs, states = m.conditioning(level, cond), []
+            for j in range(C):
+                latent = m.decoders[level - 1](inputs, cache)[:, -1:]
+                part = slice(j * span, (j + 1) * span)
+                inputs = self._chunk(level - 1, latent, known[:, part], forced[:, part],
+                                     sampler, out)
+                states.append(inputs)
+            x = torch.cat(states, dim=1)
+        return m.encode_level(level, x, self.caches[level - 1])
+
+    def step(self, sampler: Sampler | None, forced: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode one meta-context: (tokens [B, P], new [B, P], logits [B, P, V]).
+
+        The prompt's tokens are forced where the meta-context overlaps it; `forced` [B, P]
+        forces every token instead (teacher forcing, for scoring).
+        """
+        if self.pending is not None:
+            self._advance(self.pending)
+        known, forced = self._known(forced)
+        B, P = known.shape
+        if self.chunkwise:
+            out: list[tuple[Tensor, Tensor]] = []
+            self.next_top = self._chunk(self.model.config.n_levels, self.top_cond, known,
+                                        forced, sampler, out)
+            tokens = torch.cat([t for t, _ in out], dim=1)
+            logits = torch.cat([lg for _, lg in out], dim=1)
+        else:
+            S = self.cond.shape[1]
+            tokens, logits = self._token_chunks(self.cond, known.view(B, S, -1),
+                                                forced.view(B, S, -1), sampler)
+        self.pending = tokens.reshape(B, P)
+        return self.pending, ~known, logits.reshape(B, P, -1)
 
 
 def _decoder(model: Model, batch: int, capacity: int, mode: str) -> FlatDecoder | PhotonDecoder:

@@ -122,6 +122,8 @@ class PhotonConfig(_Common):
                  f"{self.chunk_sizes[0]}")
         _require(self.variant in ("A", "B"), "variant", f"must be 'A' or 'B', got {self.variant!r}")
         _require(self.rec_alpha >= 0, "rec_alpha", f"must be >= 0, got {self.rec_alpha!r}")
+        _require(not (self.latent_teacher_forcing and self.variant == "A"),
+                 "latent_teacher_forcing", "is implemented for variant B only")
 
     @property
     def n_levels(self) -> int:

@@ -216,12 +216,14 @@ class PhotonLM(GenerationMixin, nn.Module):
         token chunk. Under variant A every level shifts by one position; `carries` are the
         latents just before this span (one per level, top-down, [B, 1, D]), which decoding
         one meta-context at a time passes on; None means the start of the sequence. With
-        `latent_teacher_forcing`, `states` (the encoder states X^(1..L)) are the level >= 2
-        decoders' inputs.
+        `latent_teacher_forcing` and `states` (the encoder states X^(1..L)) given, these are
+        the level >= 2 decoders' inputs; without `states` (RecGen, which has no lower encoder
+        states) the decoders read their own outputs.
         """
         cond, recons = top_cond, []
+        forced = self.config.latent_teacher_forcing and states is not None
         for i, level in enumerate(range(self.config.n_levels, 1, -1)):
-            if self.config.latent_teacher_forcing:
+            if forced:
                 latents = self.decode_latents_forced(level, cond, states[level - 2])
             else:
                 latents = self.decode_latents(level, cond)

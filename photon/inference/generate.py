@@ -24,6 +24,7 @@ from torch import Tensor
 
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache, LocalKVCache
+from photon.inference.slots import Slots
 from photon.model.lm import Model, PhotonLM, check_token_ids
 
 Sampler = Callable[[Tensor], Tensor]
@@ -66,8 +67,10 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
-class FlatDecoder:
+class FlatDecoder(Slots):
     """KV-cached decoding of the flat Transformer: one token per step."""
+
+    ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
 
     def __init__(self, model: Model, batch: int, capacity: int) -> None:
         c, p = model.config, next(model.parameters())
@@ -95,9 +98,24 @@ class FlatDecoder:
         self.pending = tokens
         return tokens, torch.ones_like(tokens, dtype=torch.bool), logits
 
+    def flush(self) -> None:
+        """Feed the last step's tokens into the cache now instead of at the next step."""
+        if self.pending is not None:
+            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+            self.pending = None
 
-class PhotonDecoder:
+    def _slot_caches(self) -> list[KVCache | None]:
+        return [self.cache]
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        (self.cache,) = caches
+
+
+class PhotonDecoder(Slots):
     """HierGen / RecGen for PhotonLM: one meta-context per step."""
+
+    # Per-sequence state (photon.inference.slots): batch-first tensors, lists of them, or None.
+    ROW_STATE = ("cond", "recons", "carries", "meta_start", "known_ids", "known_len", "pending")
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
         c, p = model.config, next(model.parameters())
@@ -206,6 +224,19 @@ class PhotonDecoder:
         tokens = torch.stack(tokens, dim=2).view(B, P)
         self.pending = tokens
         return tokens, ~known.view(B, P), torch.stack(logits, dim=2).view(B, P, -1)
+
+    def flush(self) -> None:
+        """Advance the top stream past the last decoded meta-context now instead of at the
+        next step."""
+        if self.pending is not None:
+            self._advance(self.pending)
+            self.pending = None
+
+    def _slot_caches(self) -> list[KVCache | None]:
+        return list(self.caches)
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        self.caches = caches
 
 
 def _decoder(model: Model, batch: int, capacity: int, mode: str) -> FlatDecoder | PhotonDecoder:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from photon.data.tokenizer import Tokenizer
-from photon.errors import CacheFullError
+from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
 from photon.serve.engine import Engine, Output, Request, ShuttingDownError, slots_for_budget
 from photon.serve.sampling import SamplingParams
@@ -193,6 +193,16 @@ def test_kv_cache_rows_share_memory_and_copy():
     assert cache.lengths.tolist() == [3, 3, 3, 0] and cache.k[0, 0, :, :3].eq(1).all()
     view.reset()
     assert cache.lengths.tolist() == [3, 0, 0, 0]
+
+
+def test_requests_that_cannot_run_are_refused(engine_of):
+    engine = engine_of(make("vanilla"), slots=2, max_len=32)
+    for bad in (Request([], 5), Request([256], 5), Request([1] * 30, 3), Request([1], 0),
+                Request([1], 5, n=3)):
+        with pytest.raises(InputError):
+            engine.submit([bad])
+    (ok,), = serve(engine, [Request([1] * 29, 3)])  # exactly fills a sequence
+    assert len(ok.token_ids) == 3
 
 
 def test_admit_refuses_more_than_the_free_slots():

@@ -3,6 +3,7 @@ by the official `openai` client (and raw HTTP where the client would hide the wi
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from photon.checkpoint import save_checkpoint
+from photon.cli import main as cli_main
 from photon.data.tokenizer import Tokenizer
 from photon.serve.loadtest import ServerProcess, run_load
 from tests.test_model import make
@@ -279,3 +281,21 @@ def test_sigterm_drains(narrow):
     assert json.loads(long[-2][6:])["error"]["message"] == "the server is shutting down"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{narrow.url}/health")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-batch", "0"], "--max-batch must be positive"),
+    (["--memory-budget", "-1"], "--memory-budget must be positive"),
+    (["--mode", "recgen", "--max-batch", "2"], "at least 2 levels"),
+    (["--port", "BUSY", "--max-batch", "2"], "cannot listen"),
+])
+def test_serve_cli_bad_input(tmp_path, capsys, args, message):
+    ckpt = save_checkpoint(tmp_path / "block", make("block"), TOK)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
+        assert cli_main(["serve", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cli_main(["serve", str(tmp_path / "missing")]) == 2

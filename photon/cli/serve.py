@@ -37,11 +37,13 @@ def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
     from photon.serve.engine import Engine, slots_for_budget
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype] or (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens"):
+    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -124,6 +126,7 @@ def add_parser(verbs) -> None:
                    help="on Ctrl-C / SIGTERM, seconds to let running requests finish before "
                         "they are answered with an error")
     p.add_argument("--seed", type=int, help="seed of the generator unseeded requests share")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["bf16", "fp32"],
                    help="default bf16 on CUDA, fp32 on the CPU")

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from photon.errors import InputError
 from photon.serve.engine import (
     SHUTTING_DOWN,
     Engine,
@@ -103,6 +104,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
         except ShuttingDownError as e:
             raise APIError(503, str(e), type="server_error",
                            headers={"Retry-After": "5"}) from None
+        except InputError as e:  # the checks above should have caught it
+            raise APIError(400, str(e)) from None
         watcher = asyncio.create_task(watch_disconnect(request, queue))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": model_name}

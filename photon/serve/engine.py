@@ -205,7 +205,9 @@ class Engine:
 
     def submit(self, requests: list[Request]) -> None:
         """Queue requests (all or none): `QueueFullError` if the queue has no room for them,
-        `ShuttingDownError` while draining."""
+        `ShuttingDownError` while draining, `InputError` for a request that cannot run."""
+        for r in requests:
+            self._check(r)
         with self._cv:
             if self._drain_deadline is not None or self._stop:
                 raise ShuttingDownError(SHUTTING_DOWN)
@@ -214,6 +216,16 @@ class Engine:
                                      f"for a slot, at most {self.max_queue})")
             self.waiting.extend(requests)
             self._cv.notify()
+
+    def _check(self, r: Request) -> None:
+        vocab = self.model.config.vocab_size
+        if not r.prompt or not all(0 <= t < vocab for t in r.prompt):
+            raise InputError(f"a prompt needs at least one token id in [0, {vocab})")
+        if r.max_tokens < 1 or len(r.prompt) + r.max_tokens > self.max_len:
+            raise InputError(f"{len(r.prompt)} prompt tokens + max_tokens {r.max_tokens} do "
+                             f"not fit a sequence of {self.max_len} tokens")
+        if not 1 <= r.n <= self.slots:
+            raise InputError(f"n must be in [1, {self.slots}] (the slots), got {r.n}")
 
     def cancel(self, requests: Iterable[Request]) -> None:
         """Stop these requests' sequences at the next step boundary and free their slots."""
@@ -283,6 +295,7 @@ class Engine:
         return joining
 
     def _turn(self, joining: list[Request]) -> None:
+        started, full = time.monotonic(), len(self.rows) == self.slots and not joining
         self._finish([r for r, s in enumerate(self.rows) if s.request.cancelled],
                      cancelled=True)
         if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
@@ -293,7 +306,10 @@ class Engine:
         if joining:
             self._join(joining)
         if self.rows:
-            self._step()
+            generated = self._step()
+            if full:  # the engine's throughput with every slot busy, bookkeeping included
+                self.metrics.full_batch_tokens.inc(generated)
+                self.metrics.full_batch_seconds.inc(time.monotonic() - started)
         self._gauges()
 
     def _join(self, requests: list[Request]) -> None:
@@ -307,7 +323,8 @@ class Engine:
         self.metrics.prompt_tokens.inc(int(lengths.sum()))
         self.peak_running = max(self.peak_running, len(self.rows))
 
-    def _step(self) -> None:
+    def _step(self) -> int:
+        """Decode one step of every running sequence; returns the tokens it kept."""
         started = time.monotonic()
         tokens, new, logits = self.decoder.step(self.sampler)
         want = [r for r, s in enumerate(self.rows) if s.request.logprobs is not None]
@@ -335,6 +352,7 @@ class Engine:
         self.metrics.steps.inc()
         self.metrics.step_seconds.observe(time.monotonic() - started)
         self._finish(finished)
+        return generated
 
     def _finish(self, rows: list[int], cancelled: bool = False) -> None:
         """Free the slots of these rows at once."""

@@ -9,8 +9,8 @@
 3. Engine overhead: the server's tokens/s over the turns that began with every slot busy
    (its `photon_full_batch_*` counters: decode step, sampling, text, delivery and HTTP all
    included; the ramp-up of arriving requests excluded) against `photon bench`'s decoder at
-   that batch and workload, decode steps only, measured in this process with the server
-   stopped (target: served >= 80 % of the decoder).
+   that batch and workload, decode steps only, the fastest of --repeats runs in this
+   process with the server stopped (target: served >= 80 % of the decoder).
 
     python scripts/serve_bench.py                  # the README's run (several minutes, idle CPU)
     python scripts/serve_bench.py --quick          # a reduced run, about a minute or two
@@ -114,8 +114,11 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
         m = server_metrics(server.url)
     full = m["photon_full_batch_tokens_total"] / max(m["photon_full_batch_seconds_total"], 1e-9)
     model, _ = load_model(ckpt)
-    prefill_s, total_s, _ = bench.run_workload(model, mode, slots, args.prompt_len, args.gen_len)
-    decoder = slots * args.gen_len / (total_s - prefill_s)
+    decoder = 0.0
+    for _ in range(args.repeats):  # the best run: other jobs on the machine only slow it down
+        prefill_s, total_s, _ = bench.run_workload(model, mode, slots, args.prompt_len,
+                                                   args.gen_len)
+        decoder = max(decoder, slots * args.gen_len / (total_s - prefill_s))
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
             "lost": result.lost, "server_errors": result.server_errors,
             "p50_s": result.p50_s, "p99_s": result.p99_s,
@@ -150,6 +153,8 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=128, help="tokens to generate")
     parser.add_argument("--fill", type=int, default=2,
                         help="requests per slot when keeping the slots full")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of the decoder benchmark; the fastest counts")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per request")
     parser.add_argument("--deadline", type=float, default=1800, help="seconds per phase")
     parser.add_argument("--threads", type=int,

@@ -89,8 +89,8 @@ class Slots:
     @torch.no_grad()
     def admit(self, ids: Tensor, lengths: Tensor, copies: list[int]) -> list[int]:
         """Prefill prompts `ids` [k, T] (right-padded, `lengths` [k]) into free slots after
-        the running rows; prompt i takes `copies[i]` slots. Returns, for each new row in
-        order, the index of its prompt."""
+        the running rows; prompt i takes `copies[i]` >= 1 slots (one prefill, its rows
+        copied). Returns, for each new row in order, the index of its prompt."""
         k, n, total = len(ids), self.active, sum(copies)
         if total > self.free_slots:
             raise CacheFullError(f"{total} sequences do not fit the {self.free_slots} free "

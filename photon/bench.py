@@ -164,12 +164,21 @@ def weight_bytes(model: Model) -> int:
     return sum(p.nbytes for p in model.parameters())
 
 
+def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
+                     budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)
+                     ) -> tuple[int, float]:
+    """(batch, bytes per sample): the largest batch whose predicted peak (weights +
+    intercept + slope * batch) fits the budget, capped at `max_batch`."""
+    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches)
+    room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
+    return int(max(1, min(max_batch, room // max(slope, 1)))), slope
+
+
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
             budget_gib: float, max_batch: int, batches: tuple[int, int]) -> Row:
     """One row of the table: memory slope, the batch that fits, and its throughput."""
-    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches)
-    room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
-    batch = int(max(1, min(max_batch, room // max(slope, 1))))
+    batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
+                                    batches)
     prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len)
     tokens_per_s = batch * gen_len / total_s
     mem_gib = slope / GIB

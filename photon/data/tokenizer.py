@@ -8,6 +8,7 @@ token stands for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -21,6 +22,19 @@ from photon.errors import TokenizerError
 EOS = "<|endoftext|>"
 CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
+
+
+@functools.cache
+def _byte_level_bytes() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's): a printable character for every byte. Bytes
+    that are printable and not a space stand for themselves; the others, in order, for
+    U+0100 onwards."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + n): b for n, b in enumerate(others)})
+    return table
 
 
 class Tokenizer:
@@ -81,6 +95,17 @@ class Tokenizer:
         if self._hf is None:
             return bytes(ids).decode("utf-8", errors="replace")
         return self._hf.decode(ids, skip_special_tokens=True)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The UTF-8 bytes `ids` stand for (the end-of-document token stands for none):
+        `decode` is these bytes decoded with replacement, so an incremental UTF-8 decoder fed
+        them piece by piece rebuilds exactly the text of the whole."""
+        ids = [int(i) for i in ids]
+        if self._hf is None:
+            return bytes(ids)
+        to_byte = _byte_level_bytes()
+        return b"".join(bytes(to_byte[c] for c in self._hf.id_to_token(i)) for i in ids
+                        if i != self.eos_id)
 
     @staticmethod
     def num_bytes(text: str) -> int:

@@ -11,6 +11,9 @@ away at every chunk. It grows by concatenation, which keeps it differentiable, s
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -77,6 +80,32 @@ class KVCache:
 
     def advance(self, n: int | Tensor) -> None:
         self.lengths += n.cpu() if isinstance(n, Tensor) else n
+
+    # --- slots: the rows of a cache reused by different sequences over time ---------------------
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Sequences start..stop-1 as a cache of their own that shares this one's memory:
+        writes and advances through it land in these rows, nothing is allocated."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
+        view.lengths = self.lengths[start:stop]
+        return view
+
+    def reset(self) -> None:
+        """Forget every sequence (lengths 0); the memory is reused as it is."""
+        self.lengths.zero_()
+
+    def copy_rows(self, src: Sequence[int], dst: Sequence[int]) -> None:
+        """Copy sequence src[i] into row dst[i] (keys, values, length); only the filled
+        positions move. Sources are read before any row is written."""
+        if not len(src):
+            return
+        end = int(self.lengths[list(src)].max())
+        index = torch.tensor(src, device=self.k.device)
+        rows = torch.tensor(dst, device=self.k.device)
+        self.k[:, rows, :, :end] = self.k[:, index, :, :end]
+        self.v[:, rows, :, :end] = self.v[:, index, :, :end]
+        self.lengths[list(dst)] = self.lengths[list(src)]
 
 
 class LocalKVCache:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache, LocalKVCache
+from photon.inference.slots import Slots
 from photon.model.lm import Model, PhotonLM, check_token_ids
 
 Sampler = Callable[[Tensor], Tensor]
@@ -66,8 +67,10 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
-class FlatDecoder:
+class FlatDecoder(Slots):
     """KV-cached decoding of the flat Transformer: one token per step."""
+
+    ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
 
     def __init__(self, model: Model, batch: int, capacity: int) -> None:
         c, p = model.config, next(model.parameters())
@@ -95,8 +98,20 @@ class FlatDecoder:
         self.pending = tokens
         return tokens, torch.ones_like(tokens, dtype=torch.bool), logits
 
+    def flush(self) -> None:
+        """Feed the last step's tokens into the cache now instead of at the next step."""
+        if self.pending is not None:
+            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+            self.pending = None
 
-class PhotonDecoder:
+    def _slot_caches(self) -> list[KVCache | None]:
+        return [self.cache]
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        (self.cache,) = caches
+
+
+class PhotonDecoder(Slots):
     """HierGen / RecGen for PhotonLM: one meta-context per step.
 
     A model with `latent_teacher_forcing` decodes under HierGen chunk by chunk instead: each
@@ -104,6 +119,10 @@ class PhotonDecoder:
     chunk's tokens are encoded (advancing every encoder cache) before the next chunk starts.
     Under RecGen there is no lower encoder, so its decoders read their own outputs.
     """
+
+    # Per-sequence state (photon.inference.slots): batch-first tensors, lists of them, or None.
+    ROW_STATE = ("cond", "recons", "carries", "top_cond", "next_top", "meta_start", "known_ids",
+                 "known_len", "pending")
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
         c, p = model.config, next(model.parameters())
@@ -113,6 +132,7 @@ class PhotonDecoder:
         self.model, self.mode, self.P = model, mode, c.meta_len
         self.tokens_per_step = self.P
         self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
+        self.cond = self.recons = self.carries = self.top_cond = self.next_top = None
         metas = math.ceil(capacity / self.P)
         # HierGen keeps every encoder level's cache; RecGen only the top one.
         self.caches = [
@@ -168,11 +188,12 @@ class PhotonDecoder:
         self.meta_start = complete * self.P  # first token position of the planned meta
         self.known_ids, self.known_len = ids, lengths
         self.pending: Tensor | None = None
+        self.next_top = None
 
     def _advance(self, tokens: Tensor) -> None:
         """Move the top stream past the meta-context just decoded."""
         if self.chunkwise:
-            top = self.next_top  # encoded chunk by chunk while decoding
+            top, self.next_top = self.next_top, None  # encoded chunk by chunk in step()
         elif self.mode == "hiergen":
             top = self._encode(tokens)
         else:
@@ -264,6 +285,19 @@ class PhotonDecoder:
                                                 forced.view(B, S, -1), sampler)
         self.pending = tokens.reshape(B, P)
         return self.pending, ~known, logits.reshape(B, P, -1)
+
+    def flush(self) -> None:
+        """Advance the top stream past the last decoded meta-context now instead of at the
+        next step."""
+        if self.pending is not None:
+            self._advance(self.pending)
+            self.pending = None
+
+    def _slot_caches(self) -> list[KVCache | None]:
+        return list(self.caches)
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        self.caches = caches
 
 
 def _decoder(model: Model, batch: int, capacity: int, mode: str) -> FlatDecoder | PhotonDecoder:

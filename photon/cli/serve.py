@@ -1,0 +1,136 @@
+"""`photon serve`: an OpenAI-compatible HTTP server with continuous batching."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from photon.errors import InputError
+
+GIB = 1024**3
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound socket (port 0 picks a free one), so the address is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from photon.serve.api import create_app
+    except ImportError as e:
+        raise InputError(f"photon serve needs the serve extra ({e.name} is missing): "
+                         "pip install -e '.[serve]'") from None
+    import torch
+
+    from photon.checkpoint import load_model
+    from photon.serve.engine import Engine, slots_for_budget
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype] or (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    model, tokenizer = load_model(args.checkpoint, device=device)
+    model = model.to(dtype)
+    name = args.model_name or os.path.basename(os.path.normpath(args.checkpoint))
+    max_len = args.max_length or model.config.max_seq_len
+    if args.max_batch:
+        slots, how = args.max_batch, "--max-batch"
+    else:
+        budget = args.memory_budget
+        if budget is None:
+            budget = 0.9 * torch.cuda.mem_get_info(device)[0] / GIB \
+                if device.type == "cuda" else 2.0
+        if budget <= 0:
+            raise InputError(f"--memory-budget must be positive, got {budget}")
+        slots, per_slot = slots_for_budget(model, args.mode, max_len, budget)
+        how = (f"{budget:.2f} GiB budget / {per_slot / 2**20:.3f} MiB per sequence, "
+               f"measured as photon bench does")
+    engine = Engine(model, tokenizer, slots, max_len, mode=args.mode, max_queue=args.max_queue,
+                    prefill_tokens=args.prefill_tokens, seed=args.seed)
+    app = create_app(engine, name, api_key)
+    sock = listening_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"{name}: {engine.mode if engine.mode != '-' else 'flat'} decoding, {slots} slots of "
+          f"{max_len} tokens ({how}), {device}, {str(dtype).removeprefix('torch.')}"
+          f"{', API key required' if api_key else ''}")
+    print(f"listening on {url}  (OpenAI API at {url}/v1; Ctrl-C drains and stops)", flush=True)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # Ctrl-C / SIGTERM: finish, then stop
+            engine.drain(args.drain_timeout)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
+                            timeout_graceful_shutdown=int(args.drain_timeout) + 5)
+    Server(config).run(sockets=[sock])
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server with continuous batching",
+        description="Serve a checkpoint with OpenAI's completions API (POST /v1/completions, "
+                    "GET /v1/models) plus GET /health and GET /metrics (Prometheus). Requests "
+                    "join the running batch at the next decode step (one meta-context for "
+                    "PHOTON, one token for a flat model), each with its own prompt, sampling "
+                    "settings, seed and stop strings, and leave it as soon as they finish. The "
+                    "number of slots (sequences decoded at once) is what the memory budget "
+                    "holds, at the per-sequence memory `photon bench` measures: PHOTON's small "
+                    "state fits many more sequences than a flat model's KV cache. Needs the "
+                    "serve extra: pip install -e '.[serve]'.",
+        epilog="Example: photon serve runs/photon-small --mode recgen --memory-budget 2, then: "
+               "curl localhost:8000/v1/completions -H 'Content-Type: application/json' -d "
+               "'{\"model\": \"photon-small\", \"prompt\": \"ROMEO:\", \"max_tokens\": 64}'")
+    p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen",
+                   help="PHOTON decoding schedule (ignored by flat models)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--memory-budget", type=float, metavar="GIB",
+                      help="memory for weights and sequences; sets the slots (default: 2 on "
+                           "the CPU, 90%% of the free GPU memory on CUDA)")
+    size.add_argument("--max-batch", type=int, metavar="N", help="exactly N slots instead")
+    p.add_argument("--max-length", type=int,
+                   help="tokens per sequence, prompt and completion (default: the model's "
+                        "training context)")
+    p.add_argument("--max-queue", type=int, default=2048,
+                   help="requests that may wait for a slot; more are answered 429")
+    p.add_argument("--prefill-tokens", type=int, default=8192,
+                   help="prompt tokens prefilled together at one step boundary (the first "
+                        "waiting request always joins)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests "
+                                     "(default: $PHOTON_API_KEY; none if unset)")
+    p.add_argument("--model-name", help="the model id clients send (default: the checkpoint "
+                                        "folder's name)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on Ctrl-C / SIGTERM, seconds to let running requests finish before "
+                        "they are answered with an error")
+    p.add_argument("--seed", type=int, help="seed of the generator unseeded requests share")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"],
+                   help="default bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(run=run)

@@ -1,0 +1,349 @@
+"""The ASGI app of `photon serve`: OpenAI's completions API over the engine.
+
+POST /v1/completions, GET /v1/models (both behind the API key when one is set), GET /health,
+GET /metrics (Prometheus text). Every error is OpenAI's body {"error": {message, type,
+param, code}}: 400 for a bad request, 401 for a wrong or missing key, 429 with Retry-After
+when the queue is full, 503 while shutting down, 500 for a bug. A client that disconnects
+cancels its sequences, which frees their slots at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from photon.errors import InputError
+from photon.serve.engine import (
+    SHUTTING_DOWN,
+    Engine,
+    Output,
+    QueueFullError,
+    ShuttingDownError,
+    TokenLogprob,
+)
+from photon.serve.engine import Request as EngineRequest
+from photon.serve.sampling import SamplingParams
+from photon.serve.schema import APIError, CompletionRequest
+
+DISCONNECTED = object()  # put in a request's output queue when its client goes away
+
+
+def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The app; it starts the engine on startup and stops it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        await asyncio.to_thread(engine.shutdown)
+
+    app = FastAPI(title="photon serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(ApiKey, key=api_key)
+    app.add_middleware(RequestMetrics, engine=engine)  # outermost: counts the 401s too
+    tokenizer, created = engine.tokenizer, int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
+        return await api_error(_request, validation_error(e))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, e: HTTPException) -> JSONResponse:
+        return await api_error(_request, APIError(e.status_code, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def crashed(_request: Request, e: Exception) -> JSONResponse:
+        return await api_error(_request, APIError(500, f"internal error: {e}",
+                                                  type="server_error"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, **engine.stats()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(engine.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{
+            "id": model_name, "object": "model", "created": created, "owned_by": "photon",
+            "max_model_len": engine.max_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        body.check(engine.max_len, engine.slots)
+        if body.model != model_name:
+            raise APIError(400, f"the model {body.model!r} does not exist; this server "
+                                f"serves {model_name!r}", param="model",
+                           code="model_not_found")
+        prompts = tokenize(body, tokenizer, engine.max_len)
+        queue: asyncio.Queue = asyncio.Queue()
+        jobs = engine_requests(body, prompts, queue)
+        try:
+            engine.submit(jobs)
+        except QueueFullError as e:
+            raise APIError(429, str(e), type="rate_limit_error",
+                           headers={"Retry-After": "1"}) from None
+        except ShuttingDownError as e:
+            raise APIError(503, str(e), type="server_error",
+                           headers={"Retry-After": "5"}) from None
+        except InputError as e:  # the checks above should have caught it
+            raise APIError(400, str(e)) from None
+        watcher = asyncio.create_task(watch_disconnect(request, queue))
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": model_name}
+        if body.stream:
+            return StreamingResponse(stream(body, prompts, jobs, queue, watcher, head, engine),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            outputs = await collect(jobs, queue)
+        finally:
+            watcher.cancel()
+            engine.cancel(jobs)  # a no-op for finished requests
+        if outputs is None:  # the client went away: nobody reads an answer
+            return Response(status_code=499)
+        return JSONResponse({**head, **complete(body, prompts, outputs)})
+
+    return app
+
+
+def validation_error(e: RequestValidationError) -> APIError:
+    """Pydantic's first complaint as one line naming the field."""
+    first = e.errors()[0]
+    loc = [str(x) for x in first.get("loc", ())[1:]]
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"the body is not valid JSON: {first.get('msg')}")
+    if loc[:1] == ["prompt"]:  # one complaint per member of the union: say what is accepted
+        return APIError(400, "prompt: expected a string, a list of strings, a list of token "
+                             "ids or a list of lists of token ids", param="prompt")
+    field = loc[0] if loc else None
+    return APIError(400, f"{field or 'body'}: {first.get('msg')}", param=field)
+
+
+def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]]:
+    """Token ids of every prompt, checked against the vocabulary and the context."""
+    raw = body.prompt
+    if isinstance(raw, str) or raw and isinstance(raw[0], int):
+        raw = [raw]
+    if not raw:
+        raise APIError(400, "prompt is empty: give a string, strings or token ids",
+                       param="prompt")
+    max_tokens = body.max_tokens or 16
+    prompts = []
+    for p in raw:
+        ids = tokenizer.encode(p) if isinstance(p, str) else list(p)
+        if not ids and tokenizer.eos_id is None:
+            raise APIError(400, "an empty prompt needs an end-of-text token to start from, "
+                                "and this tokenizer has none", param="prompt")
+        ids = ids or [tokenizer.eos_id]
+        bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
+                                f"[0, {tokenizer.vocab_size})", param="prompt")
+        if len(ids) + max_tokens > max_len:
+            raise APIError(400, f"this model's maximum context length is {max_len} tokens; "
+                                f"the request needs {len(ids) + max_tokens} ({len(ids)} in the "
+                                f"prompt, {max_tokens} for the completion)", param="prompt",
+                           code="context_length_exceeded")
+        prompts.append(ids)
+    return prompts
+
+
+def engine_requests(body: CompletionRequest, prompts: list[list[int]],
+                    queue: asyncio.Queue) -> list[EngineRequest]:
+    """One engine request per prompt; outputs arrive in `queue` as (prompt index, Output)."""
+    loop = asyncio.get_running_loop()
+    sampling = SamplingParams(temperature=1.0 if body.temperature is None else body.temperature,
+                              top_p=None if body.top_p in (None, 1.0) else body.top_p,
+                              top_k=None if body.top_k in (None, -1) else body.top_k,
+                              seed=body.seed)
+    # best_of and vote rank candidates by their mean log-probability.
+    logprobs = body.logprobs
+    if logprobs is None and (body.best_of is not None or body.vote):
+        logprobs = 0
+
+    def deliver(i: int):
+        return lambda output: loop.call_soon_threadsafe(queue.put_nowait, (i, output))
+
+    return [EngineRequest(prompt=p, max_tokens=body.max_tokens or 16, sampling=sampling,
+                          n=body.candidates, stop=body.stop_strings, logprobs=logprobs,
+                          ignore_eos=body.ignore_eos, stream=bool(body.stream),
+                          on_output=deliver(i))
+            for i, p in enumerate(prompts)]
+
+
+async def watch_disconnect(request: Request, queue: asyncio.Queue) -> None:
+    """Tell the request's handler when its client goes away."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    queue.put_nowait(DISCONNECTED)
+
+
+async def collect(jobs: list[EngineRequest], queue: asyncio.Queue
+                  ) -> list[dict[int, Output]] | None:
+    """Every sequence's final output, per prompt; None if the client went away."""
+    outputs: list[dict[int, Output]] = [{} for _ in jobs]
+    left = sum(job.n for job in jobs)
+    while left:
+        item = await queue.get()
+        if item is DISCONNECTED:
+            return None
+        i, output = item
+        if output.error:
+            raise engine_error(output.error)
+        outputs[i][output.index] = output
+        left -= 1
+    return outputs
+
+
+def engine_error(message: str) -> APIError:
+    status = 503 if message == SHUTTING_DOWN else 500
+    return APIError(status, message, type="server_error")
+
+
+def logprobs_body(logprobs: list[TokenLogprob]) -> dict:
+    """OpenAI's completion logprobs: tokens, their log-probabilities, the alternatives
+    (when asked for), and where each token's text starts in the completion."""
+    top = [lp.top for lp in logprobs]
+    return {"tokens": [lp.token for lp in logprobs],
+            "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": None if any(t is None for t in top) else top,
+            "text_offset": [lp.offset for lp in logprobs]}
+
+
+def mean_logprob(output: Output) -> float:
+    return sum(lp.logprob for lp in output.logprobs) / max(len(output.logprobs), 1)
+
+
+def majority(outputs: list[Output]) -> tuple[Output, int]:
+    """The most frequent completion after whitespace normalisation, and its count; a tie
+    goes to the candidate with the highest mean log-probability."""
+    normal = [" ".join(o.text.split()) for o in outputs]
+    counts = Counter(normal)
+    best = max(range(len(outputs)), key=lambda i: (counts[normal[i]], mean_logprob(outputs[i])))
+    return outputs[best], counts[normal[best]]
+
+
+def complete(body: CompletionRequest, prompts: list[list[int]],
+             outputs: list[dict[int, Output]]) -> dict:
+    """The choices and usage of a finished request."""
+    choices = []
+    n = body.n or 1
+    for candidates in outputs:
+        ordered = [candidates[i] for i in sorted(candidates)]
+        if body.vote:
+            winner, count = majority(ordered)
+            picked = [(winner, {"vote": {"method": body.vote, "count": count,
+                                         "candidates": len(ordered)}})]
+        elif body.best_of is not None:
+            picked = [(o, {}) for o in sorted(ordered, key=mean_logprob, reverse=True)[:n]]
+        else:
+            picked = [(o, {}) for o in ordered]
+        for output, extra in picked:
+            choices.append({
+                "index": len(choices), "text": output.text, "finish_reason":
+                output.finish_reason, "logprobs": None if body.logprobs is None
+                else logprobs_body(output.logprobs), **extra})
+    completion = sum(len(o.token_ids) for c in outputs for o in c.values())
+    prompt = sum(map(len, prompts))
+    return {"choices": choices, "usage": {"prompt_tokens": prompt, "completion_tokens":
+                                          completion, "total_tokens": prompt + completion}}
+
+
+async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[EngineRequest],
+                 queue: asyncio.Queue, watcher: asyncio.Task, head: dict, engine: Engine
+                 ) -> AsyncIterator[str]:
+    """Server-sent events: a chunk per sequence per step, an optional usage chunk, [DONE]."""
+    n = body.n or 1
+    left, completion = sum(job.n for job in jobs), 0
+    try:
+        while left:
+            item = await queue.get()
+            if item is DISCONNECTED:
+                return
+            i, output = item
+            if output.error:
+                yield f"data: {json.dumps(engine_error(output.error).body())}\n\n"
+                break
+            index = i * n + output.index
+            completion += len(output.token_ids)
+            left -= output.finish_reason is not None
+            if not (output.text or output.finish_reason or output.token_ids):
+                continue
+            logprobs = None if body.logprobs is None else logprobs_body(output.logprobs)
+            choice = {"index": index, "text": output.text, "logprobs": logprobs,
+                      "finish_reason": output.finish_reason}
+            yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+        else:
+            if body.stream_options and body.stream_options.include_usage:
+                prompt = sum(map(len, prompts))
+                usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion}
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        watcher.cancel()
+        engine.cancel(jobs)
+
+
+class ApiKey:
+    """ASGI middleware: with a key, every /v1 request needs `Authorization: Bearer KEY`
+    (checked before the body is read). /health and /metrics stay open for probes."""
+
+    def __init__(self, app, key: str | None) -> None:
+        self.app, self.expected = app, None if key is None else f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.expected is not None and scope["type"] == "http" \
+                and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer "
+                                      "KEY'", code="invalid_api_key")
+                return await JSONResponse(error.body(), 401)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class RequestMetrics:
+    """ASGI middleware: count requests by path and status, time completions to their last
+    byte (streams included)."""
+
+    def __init__(self, app, engine: Engine) -> None:
+        self.app, self.metrics = app, engine.metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.monotonic(), {"code": 500}
+
+        async def send_and_watch(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            path = scope["path"]
+            known = path in ("/v1/completions", "/v1/models", "/health", "/metrics")
+            self.metrics.requests.labels(path if known else "other", str(status["code"])).inc()
+            if path == "/v1/completions" and status["code"] == 200:
+                self.metrics.latency.observe(time.monotonic() - started)

@@ -1,0 +1,399 @@
+"""The continuous-batching engine behind `photon serve`.
+
+One background thread owns a decoder (`FlatDecoder`: one token per step; `PhotonDecoder`:
+one meta-context per step) whose preallocated caches have one row per slot. Each turn of its
+loop, at a decode-step boundary:
+1. sequences whose request was cancelled (the client went away) leave, freeing their slots;
+2. waiting requests join, first come first served, as long as free slots and the prefill
+   token budget allow: their prompts are prefilled together straight into free slots, and a
+   request for n samples prefills once and copies its cache rows into n slots;
+3. one step decodes every running sequence, each sampled with its own settings;
+4. every sequence takes its new tokens, stops at EOS, max_tokens or a stop string, and a
+   finished sequence frees its slot at once.
+Nothing is allocated per step but activations: the caches are built once, for all slots.
+Requests talk to the engine through `submit` / `cancel` and a callback that receives an
+`Output`; the callback runs on the engine thread and must only hand the output on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from photon import bench
+from photon.errors import InputError, PhotonError
+from photon.inference.generate import MODES, _padded
+from photon.model.lm import Model, PhotonLM
+from photon.serve.metrics import Metrics
+from photon.serve.sampling import BatchSampler, SamplingParams, chosen_logprobs
+from photon.serve.text import TextStream
+
+log = logging.getLogger("photon.serve")
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class QueueFullError(PhotonError):
+    """The queue of waiting requests is full (HTTP 429)."""
+
+
+class ShuttingDownError(PhotonError):
+    """The server is draining and takes no new requests (HTTP 503)."""
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token (its text, or "bytes:\\xNN..." if it is not whole UTF-8), its
+    log-probability, where its text starts in the completion, and the top alternatives."""
+
+    token: str
+    logprob: float
+    offset: int
+    top: dict[str, float] | None = None
+
+
+def token_text(tokenizer, token: int) -> str:
+    """A token as text, unambiguous even when it holds part of a character."""
+    raw = tokenizer.decode_bytes([token])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+@dataclass
+class Output:
+    """New text of one of a request's sequences; on its last output `finish_reason` is
+    "stop" or "length", or `error` says why the engine could not finish it."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    """A prompt (token ids) to complete `n` times, one slot per sequence. A streamed
+    request receives an `Output` per step; otherwise one per sequence, when it ends."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    ignore_eos: bool = False
+    stream: bool = False
+    on_output: Callable[[Output], None] = lambda output: None
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+
+class _Sequence:
+    """One running sequence: a request's copy `index`, in one slot."""
+
+    def __init__(self, request: Request, index: int, tokenizer, sampler: BatchSampler) -> None:
+        self.request, self.index, self.tokenizer = request, index, tokenizer
+        self.text = TextStream(tokenizer, request.stop, offsets=request.logprobs is not None)
+        self.own_sampler = sampler.own_sampler(request.sampling, index)
+        self.logprobs: list[TokenLogprob] = []
+        self.started = False
+        self.done = False
+
+    def take(self, tokens: list[int], new: list[bool], eos_id: int | None,
+             logprob_row: tuple | None) -> Output | None:
+        """The tokens of one step: keep the new ones up to the end of the sequence."""
+        r, finish = self.request, None
+        kept, positions = [], []
+        for j, (token, is_new) in enumerate(zip(tokens, new, strict=True)):
+            if not is_new:
+                continue
+            if token == eos_id and not r.ignore_eos:
+                finish = "stop"
+                break
+            kept.append(token)
+            positions.append(j)
+            if len(self.text.ids) + len(kept) >= r.max_tokens:
+                finish = "length"
+                break
+        n_kept = self.text.add(kept)
+        if self.text.stopped:
+            finish = "stop"
+        kept, positions = kept[:n_kept], positions[:n_kept]
+        if logprob_row is not None:
+            self.logprobs += self._logprobs(kept, positions, *logprob_row)
+        self.done = finish is not None
+        if not (r.stream or self.done):
+            return None
+        logprobs = None
+        if r.logprobs is not None:
+            logprobs = self.logprobs[len(self.logprobs) - len(kept):] if r.stream \
+                else list(self.logprobs)
+        ids = kept if r.stream else list(self.text.ids)
+        return Output(self.index, self.text.take(final=self.done), ids, logprobs, finish)
+
+    def _logprobs(self, kept: list[int], positions: list[int], chosen, top_ids, top_values
+                  ) -> list[TokenLogprob]:
+        text = lambda token: token_text(self.tokenizer, token)
+        first = len(self.text.ids) - len(kept)
+        out = []
+        for i, (token, j) in enumerate(zip(kept, positions, strict=True)):
+            top = None
+            if top_ids is not None:
+                k = self.request.logprobs
+                top = {text(t): v for t, v in zip(top_ids[j][:k], top_values[j][:k],
+                                                  strict=True)}
+            out.append(TokenLogprob(text(token), chosen[j], self.text.offsets[first + i], top))
+        return out
+
+
+def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
+                     ) -> tuple[int, float]:
+    """(slots, bytes per slot): how many sequences of `max_len` tokens the budget holds.
+
+    Per-slot memory is what `photon bench` measures: the slope of peak memory between two
+    batch sizes, here for a decode-heavy workload whose caches hold `max_len` tokens (its
+    cache row plus the activations of a decode step), and the batch is chosen by the same
+    rule as the benchmark's (budget minus weights and the batch-independent intercept).
+    """
+    prompt = min(16, max_len - 1)
+    return bench.batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
+                                  max_batch=1 << 20)
+
+
+class Engine:
+    """Continuous batching over `slots` preallocated sequences of up to `max_len` tokens."""
+
+    def __init__(self, model: Model, tokenizer, slots: int, max_len: int,
+                 mode: str = "hiergen", max_queue: int = 2048, prefill_tokens: int = 8192,
+                 seed: int | None = None, metrics: Metrics | None = None) -> None:
+        if slots < 1:
+            raise InputError(f"the engine needs at least one slot, got {slots}")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.mode = mode if isinstance(model, PhotonLM) else "-"
+        self.slots, self.max_len = slots, max_len
+        self.max_queue, self.prefill_tokens = max_queue, prefill_tokens
+        self.eos_id = tokenizer.eos_id
+        self.device = next(model.parameters()).device
+        self.decoder = bench.make_decoder(model, mode, slots, max_len)
+        self.decoder.open_slots()
+        self.sampler = BatchSampler(self.device, seed)
+        self.metrics = metrics or Metrics()
+        self.metrics.slots.set(slots)
+        self.rows: list[_Sequence] = []
+        self.waiting: deque[Request] = deque()
+        self.peak_running = 0
+        self._cv = threading.Condition()
+        self._drain_deadline: float | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="photon-engine", daemon=True)
+
+    # --- the interface, called from other threads ---------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, requests: list[Request]) -> None:
+        """Queue requests (all or none): `QueueFullError` if the queue has no room for them,
+        `ShuttingDownError` while draining, `InputError` for a request that cannot run."""
+        for r in requests:
+            self._check(r)
+        with self._cv:
+            if self._drain_deadline is not None or self._stop:
+                raise ShuttingDownError(SHUTTING_DOWN)
+            if len(self.waiting) + len(requests) > self.max_queue:
+                raise QueueFullError(f"the queue is full ({len(self.waiting)} requests wait "
+                                     f"for a slot, at most {self.max_queue})")
+            self.waiting.extend(requests)
+            self._cv.notify()
+
+    def _check(self, r: Request) -> None:
+        vocab = self.model.config.vocab_size
+        if not r.prompt or not all(0 <= t < vocab for t in r.prompt):
+            raise InputError(f"a prompt needs at least one token id in [0, {vocab})")
+        if r.max_tokens < 1 or len(r.prompt) + r.max_tokens > self.max_len:
+            raise InputError(f"{len(r.prompt)} prompt tokens + max_tokens {r.max_tokens} do "
+                             f"not fit a sequence of {self.max_len} tokens")
+        if not 1 <= r.n <= self.slots:
+            raise InputError(f"n must be in [1, {self.slots}] (the slots), got {r.n}")
+
+    def cancel(self, requests: Iterable[Request]) -> None:
+        """Stop these requests' sequences at the next step boundary and free their slots."""
+        with self._cv:
+            for r in requests:
+                r.cancelled = True
+            self._cv.notify()
+
+    def drain(self, timeout: float) -> None:
+        """Take no new requests; fail those still unfinished after `timeout` seconds. Safe to
+        call from a signal handler (it takes no lock)."""
+        self._drain_deadline = time.monotonic() + timeout
+
+    def shutdown(self, timeout: float = 0.0) -> None:
+        """Drain for up to `timeout` seconds, fail what is left, stop the thread."""
+        if self._drain_deadline is None:
+            self.drain(timeout)
+        with self._cv:
+            while (self.waiting or self.rows) and time.monotonic() < self._drain_deadline:
+                self._cv.wait(0.05)
+            self._stop = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def stats(self) -> dict:
+        return {"slots": self.slots, "running": len(self.rows), "waiting": len(self.waiting),
+                "peak_running": self.peak_running, "max_len": self.max_len,
+                "mode": self.mode}
+
+    # --- the loop, on the engine thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self.waiting or self.rows or self._stop):
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                    joining = self._next_joining()
+                try:
+                    self._turn(joining)
+                except Exception as e:  # a bug: answer everyone, start from empty slots
+                    log.exception("engine step failed")
+                    running = {id(s.request) for s in self.rows}
+                    unjoined = [r for r in joining if id(r) not in running]
+                    self._fail([*self.rows, *unjoined], f"internal error: {e}", reset=True)
+            self._fail([*self.rows, *self.waiting], SHUTTING_DOWN, reset=False)
+
+    def _next_joining(self) -> list[Request]:
+        """Waiting requests (first come, first served) that fit the free slots and the
+        prefill token budget; cancelled ones are dropped. Called under the lock."""
+        joining: list[Request] = []
+        free = self.decoder.free_slots - sum(s.request.cancelled for s in self.rows)
+        while self.waiting:
+            r = self.waiting[0]
+            if r.cancelled:
+                self.waiting.popleft()
+                self.metrics.cancelled.inc(r.n)
+                continue
+            longest = max([len(r.prompt), *(len(j.prompt) for j in joining)])
+            if r.n > free or joining and longest * (len(joining) + 1) > self.prefill_tokens:
+                break
+            joining.append(self.waiting.popleft())
+            free -= r.n
+        return joining
+
+    def _turn(self, joining: list[Request]) -> None:
+        started, full = time.monotonic(), len(self.rows) == self.slots and not joining
+        self._finish([r for r, s in enumerate(self.rows) if s.request.cancelled],
+                     cancelled=True)
+        if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
+            with self._cv:
+                left, self.waiting = [*self.waiting, *joining], deque()
+            self._fail([*self.rows, *left], SHUTTING_DOWN, reset=False)
+            return
+        if joining:
+            self._join(joining)
+        if self.rows:
+            generated = self._step()
+            if full:  # the engine's throughput with every slot busy, bookkeeping included
+                self.metrics.full_batch_tokens.inc(generated)
+                self.metrics.full_batch_seconds.inc(time.monotonic() - started)
+        self._gauges()
+
+    def _join(self, requests: list[Request]) -> None:
+        ids, lengths = _padded([r.prompt for r in requests], self.device)
+        order = self.decoder.admit(ids, lengths, [r.n for r in requests])
+        copies = [0] * len(requests)
+        for i in order:
+            self.rows.append(_Sequence(requests[i], copies[i], self.tokenizer, self.sampler))
+            copies[i] += 1
+        self.sampler.set_rows([(s.request.sampling, s.own_sampler) for s in self.rows])
+        self.metrics.prompt_tokens.inc(int(lengths.sum()))
+        self.peak_running = max(self.peak_running, len(self.rows))
+
+    def _step(self) -> int:
+        """Decode one step of every running sequence; returns the tokens it kept."""
+        started = time.monotonic()
+        tokens, new, logits = self.decoder.step(self.sampler)
+        want = [r for r, s in enumerate(self.rows) if s.request.logprobs is not None]
+        logprob_rows = {}
+        if want:
+            top = max(self.rows[r].request.logprobs for r in want)
+            picked = chosen_logprobs(logits[want], tokens[want], top)
+            per_row = [None if t is None else t.tolist() for t in picked]
+            logprob_rows = {r: tuple(None if t is None else t[i] for t in per_row)
+                            for i, r in enumerate(want)}
+        tokens, new = tokens.tolist(), new.tolist()
+        finished, now, generated = [], time.monotonic(), 0
+        for r, seq in enumerate(self.rows):
+            n_before = len(seq.text.ids)
+            output = seq.take(tokens[r], new[r], self.eos_id, logprob_rows.get(r))
+            generated += len(seq.text.ids) - n_before
+            if not seq.started:
+                seq.started = True
+                self.metrics.ttft.observe(now - seq.request.arrival)
+            if output is not None:
+                self._emit(seq.request, output)
+            if seq.done:
+                finished.append(r)
+        self.metrics.generated_tokens.inc(generated)
+        self.metrics.steps.inc()
+        self.metrics.step_seconds.observe(time.monotonic() - started)
+        self._finish(finished)
+        return generated
+
+    def _finish(self, rows: list[int], cancelled: bool = False) -> None:
+        """Free the slots of these rows at once."""
+        if not rows:
+            return
+        if cancelled:
+            self.metrics.cancelled.inc(len(rows))
+        order = self.decoder.release(rows)
+        self.rows = [self.rows[o] for o in order]
+        self.sampler.set_rows([(s.request.sampling, s.own_sampler) for s in self.rows])
+        with self._cv:
+            self._cv.notify_all()  # a draining shutdown waits for the batch to empty
+
+    def _fail(self, items: list, message: str, reset: bool) -> None:
+        """Answer running sequences and waiting requests with an error and drop them."""
+        for item in items:
+            if isinstance(item, _Sequence):
+                self._emit(item.request, Output(item.index, "", [], error=message))
+            elif not item.cancelled:
+                for i in range(item.n):
+                    self._emit(item, Output(i, "", [], error=message))
+        if reset:  # the decoder's state may be inconsistent after a failure
+            self.decoder = bench.make_decoder(self.model, self.mode, self.slots, self.max_len)
+            self.decoder.open_slots()
+        elif self.rows:
+            self.decoder.release(range(len(self.rows)))
+        self.rows = []
+        self.sampler.set_rows([])
+        self._gauges()
+        with self._cv:
+            self._cv.notify_all()
+
+    @staticmethod
+    def _emit(request: Request, output: Output) -> None:
+        try:
+            request.on_output(output)
+        except Exception:  # a receiver that is gone must not stop the engine
+            log.exception("delivering an output failed")
+
+    def _gauges(self) -> None:
+        m = self.metrics
+        m.queue_depth.set(len(self.waiting))
+        m.running.set(len(self.rows))
+        m.occupancy.set(len(self.rows) / self.slots)

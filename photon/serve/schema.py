@@ -1,0 +1,114 @@
+"""The request body of POST /v1/completions (OpenAI's schema, plus a few extensions) and the
+checks that turn a bad one into an OpenAI-style 400 error."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_LOGPROBS = 5  # OpenAI's limit on alternatives per position
+
+
+class APIError(Exception):
+    """An error answered as {"error": {message, type, param, code}} with `status`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, type: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type, self.headers = type, headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """Strict: a wrong type is an error, never coerced; an unknown field is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    n: int | None = 1
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+    echo: bool | None = False
+    suffix: str | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # Extensions (send them with the openai client's extra_body):
+    top_k: int | None = None  # sample among the k most likely tokens; None or -1: off
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
+    vote: Literal["majority"] | None = None  # return the most frequent of the n completions
+
+    def check(self, max_len: int, slots: int) -> None:
+        """The semantic checks (types are checked on parsing); raises `APIError` (400)."""
+        def bad(param: str, message: str) -> APIError:
+            return APIError(400, message, param=param)
+
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.max_tokens is not None and self.max_tokens >= max_len:
+            raise bad("max_tokens", f"max_tokens must be below the context length {max_len}, "
+                                    f"got {self.max_tokens}")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise bad("temperature", f"temperature must be in [0, 2], got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise bad("top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k != -1 and self.top_k < 1:
+            raise bad("top_k", f"top_k must be >= 1 (or -1 for no limit), got {self.top_k}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise bad("logprobs", f"logprobs must be in [0, {MAX_LOGPROBS}], got "
+                                  f"{self.logprobs}")
+        n = self.n if self.n is not None else 1
+        if n < 1:
+            raise bad("n", f"n must be at least 1, got {n}")
+        if self.best_of is not None and self.best_of < n:
+            raise bad("best_of", f"best_of ({self.best_of}) must be at least n ({n})")
+        if self.candidates > slots:
+            raise bad("best_of" if self.best_of else "n",
+                      f"{self.candidates} completions of one prompt need as many slots; this "
+                      f"server has {slots}")
+        if (self.best_of is not None or self.vote) and self.stream:
+            raise bad("stream", "best_of and vote pick among finished completions: they "
+                                "cannot be streamed")
+        if self.vote and self.best_of is not None:
+            raise bad("vote", "use either vote or best_of, not both")
+        stops = self.stop_strings
+        if len(stops) > MAX_STOP or any(not s for s in stops):
+            raise bad("stop", f"stop takes up to {MAX_STOP} non-empty strings")
+        for param, ok in (("echo", not self.echo), ("suffix", self.suffix is None),
+                          ("presence_penalty", not self.presence_penalty),
+                          ("frequency_penalty", not self.frequency_penalty),
+                          ("logit_bias", not self.logit_bias)):
+            if not ok:
+                raise bad(param, f"{param} is not supported by photon serve")
+
+    @property
+    def candidates(self) -> int:
+        """Sequences decoded per prompt: best_of, else n (vote picks one of the n)."""
+        return self.best_of if self.best_of is not None else self.n or 1
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

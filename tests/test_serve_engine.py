@@ -1,0 +1,252 @@
+"""The continuous-batching engine: served sequences equal `generate` alone, whatever shares
+the batch; slots are freed and reused; text streams are exact; failures are answered."""
+
+import threading
+
+import pytest
+import torch
+
+from photon.data.tokenizer import Tokenizer
+from photon.errors import CacheFullError, InputError
+from photon.inference.cache import KVCache
+from photon.serve.engine import Engine, Output, Request, ShuttingDownError, slots_for_budget
+from photon.serve.sampling import SamplingParams
+from photon.serve.text import TextStream
+from tests.test_model import make
+
+KINDS = [("vanilla", "hiergen"), ("block", "hiergen"), ("photon-B", "hiergen"),
+         ("photon-B", "recgen"), ("photon-A", "recgen"), ("photon-L3-A", "hiergen"),
+         ("photon-TF", "hiergen"), ("photon-TF", "recgen")]
+
+
+def serve(engine: Engine, requests: list[Request], timeout: float = 120) -> list[list[Output]]:
+    """Submit requests at once and wait for every sequence's last output."""
+    outputs = {id(r): [] for r in requests}
+    left = [sum(r.n for r in requests)]
+    done, lock = threading.Event(), threading.Lock()
+    for r in requests:
+        def on_output(output, r=r):
+            outputs[id(r)].append(output)
+            if output.finish_reason or output.error:
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        done.set()
+        r.on_output = on_output
+    engine.submit(requests)
+    assert done.wait(timeout), "the engine did not answer in time"
+    return [outputs[id(r)] for r in requests]
+
+
+def sequences(outputs: list[Output]) -> dict[int, list[int]]:
+    """Token ids per sequence index, joined over a stream's outputs."""
+    ids: dict[int, list[int]] = {}
+    for o in outputs:
+        ids.setdefault(o.index, []).extend(o.token_ids)
+    return ids
+
+
+@pytest.fixture
+def engine_of():
+    engines = []
+
+    def build(model, **kw):
+        engine = Engine(model, Tokenizer.bytes(), **{"slots": 3, "max_len": 128, **kw})
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield build
+    for engine in engines:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("kind, mode", KINDS)
+def test_served_sequences_equal_generate_alone(kind, mode, engine_of):
+    """Greedy and seeded requests of different lengths, settings and n share 3 slots; each
+    sequence equals `model.generate` of its prompt alone (copy i of seed s: seed s + i)."""
+    model = make(kind)
+    engine = engine_of(model, mode=mode)
+    joins = []
+    admit = engine.decoder.admit
+
+    def spy(ids, lengths, copies):
+        joins.append(engine.decoder.active)  # sequences already decoding when these join
+        return admit(ids, lengths, copies)
+
+    engine.decoder.admit = spy
+    prompts = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9], list(range(5, 25)), [7] * 33]
+    requests = []
+    for i, p in enumerate(prompts):
+        requests.append(Request(p, 12 + 5 * i))
+        sampled = SamplingParams(temperature=1.0, top_k=5 if i % 2 else None,
+                                 top_p=0.9 if i % 3 else None, seed=i)
+        requests.append(Request(p[::-1], 9, sampled, n=2, stream=i % 2 == 0))
+    for r, outputs in zip(requests, serve(engine, requests), strict=True):
+        got = sequences(outputs)
+        assert sorted(got) == list(range(r.n))
+        for copy, ids in got.items():
+            s = r.sampling
+            alone = model.generate([r.prompt], r.max_tokens, mode=mode, temperature=s.temperature,
+                                   top_k=s.top_k, top_p=s.top_p,
+                                   seed=None if s.seed is None else s.seed + copy)[0]
+            assert ids == alone, (r.prompt, copy)
+    assert engine.peak_running == 3
+    assert any(joins), "no request joined a running batch"
+    assert engine.decoder.active == 0 and not engine.rows
+
+
+def test_stop_strings_eos_and_logprobs(engine_of):
+    model = make("photon-B")
+    tok = Tokenizer.bytes()
+    engine = engine_of(model)
+    prompt = list(b"Hello")
+    (greedy,), = serve(engine, [Request(prompt, 40, logprobs=2)])
+    full = model.generate([prompt], 40, return_logits=True)
+    ids, logits = full[0][0], full[1][0]
+    assert greedy.token_ids == ids and greedy.finish_reason == "length"
+    logp = logits.log_softmax(-1)
+    chosen = logp.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+    assert [lp.logprob for lp in greedy.logprobs] == pytest.approx(chosen.tolist(), abs=1e-4)
+    assert all(len(lp.top) <= 2 and max(lp.top.values()) == pytest.approx(lp.logprob, abs=1e-4)
+               for lp in greedy.logprobs)  # greedy picks the most likely token
+    text = tok.decode(ids)
+    assert greedy.text == text
+    stop = next(text[j:j + 2] for j in range(8, len(text)) if "\ufffd" not in text[j:j + 2])
+    cut = text.index(stop)
+    (stopped,), = serve(engine, [Request(prompt, 40, stop=(stop,))])
+    assert stopped.text == text[:cut] and stopped.finish_reason == "stop"
+    eos = ids[7]  # pretend a token of the output is the end of text
+    engine.eos_id = eos
+    (ended,), = serve(engine, [Request(prompt, 40)])
+    assert ended.token_ids == ids[:ids.index(eos)] and ended.finish_reason == "stop"
+    (ignored,), = serve(engine, [Request(prompt, 40, ignore_eos=True)])
+    assert ignored.token_ids == ids
+
+
+def test_cancel_frees_the_slot(engine_of):
+    model = make("vanilla", max_seq_len=4096)
+    engine = engine_of(model, slots=1, max_len=4096)
+    started = threading.Event()
+    long = Request([1, 2, 3], 4000, stream=True, on_output=lambda o: started.set())
+    engine.submit([long])
+    assert started.wait(30)
+    engine.cancel([long])
+    (short,), = serve(engine, [Request([4, 5], 5)])  # only runs if the slot was freed
+    assert short.finish_reason == "length"
+    assert engine.metrics.registry.get_sample_value("photon_cancelled_sequences_total") == 1
+
+
+def test_a_failing_step_is_answered_and_the_engine_recovers(engine_of, monkeypatch):
+    model = make("photon-B")
+    engine = engine_of(model)
+    step = engine.decoder.step
+    monkeypatch.setattr(engine.decoder, "step", lambda *a: 1 / 0)
+    (failed,), = serve(engine, [Request([1, 2], 5)])
+    assert "division by zero" in failed.error
+    monkeypatch.setattr(engine.decoder, "step", step)  # the engine built a fresh decoder
+    (ok,), = serve(engine, [Request([1, 2], 5)])
+    assert ok.token_ids == model.generate([[1, 2]], 5)[0]
+
+
+def test_drain_answers_what_is_left(engine_of):
+    model = make("vanilla", max_seq_len=4096)
+    engine = engine_of(model, slots=1, max_len=4096)
+    started = threading.Event()
+    outputs = []
+    running = Request([1], 4000, stream=True,
+                      on_output=lambda o: (started.set(), outputs.append(o)))
+    waiting = Request([2], 5, on_output=outputs.append)
+    engine.submit([running, waiting])
+    assert started.wait(30)
+    engine.drain(0.0)
+    with pytest.raises(ShuttingDownError):
+        engine.submit([Request([3], 5)])
+    engine.shutdown()
+    errors = [o for o in outputs if o.error]
+    assert len(errors) == 2 and all("shutting down" in o.error for o in errors)
+
+
+def test_slots_follow_the_memory_budget():
+    """Slots = what the budget holds at the per-sequence memory photon bench measures:
+    PHOTON's small caches fit many more sequences than the flat model's."""
+    budget = 0.05
+    found = {}
+    for kind, mode in [("vanilla", "hiergen"), ("photon-B", "hiergen"), ("photon-B", "recgen")]:
+        model = make(kind)
+        slots, per_slot = slots_for_budget(model, mode, 256, budget)
+        weights = sum(p.nbytes for p in model.parameters())
+        assert slots * per_slot <= budget * 2**30 - weights
+        found[kind, mode] = slots
+    assert found["photon-B", "recgen"] > found["photon-B", "hiergen"] > \
+        4 * found["vanilla", "hiergen"]
+
+
+def test_kv_cache_rows_share_memory_and_copy():
+    cache = KVCache(2, 4, 2, 4, 10, "cpu", torch.float32)
+    view = cache.rows(1, 3)
+    view.prepare(3, torch.device("cpu"))
+    view.update(0, torch.ones(2, 2, 3, 4), torch.ones(2, 2, 3, 4))
+    view.advance(3)
+    assert cache.lengths.tolist() == [0, 3, 3, 0]
+    assert cache.k[0, 1:3, :, :3].eq(1).all() and cache.k[0, [0, 3]].eq(0).all()
+    cache.copy_rows([2], [0])
+    assert cache.lengths.tolist() == [3, 3, 3, 0] and cache.k[0, 0, :, :3].eq(1).all()
+    view.reset()
+    assert cache.lengths.tolist() == [3, 0, 0, 0]
+
+
+def test_requests_that_cannot_run_are_refused(engine_of):
+    engine = engine_of(make("vanilla"), slots=2, max_len=32)
+    for bad in (Request([], 5), Request([256], 5), Request([1] * 30, 3), Request([1], 0),
+                Request([1], 5, n=3)):
+        with pytest.raises(InputError):
+            engine.submit([bad])
+    (ok,), = serve(engine, [Request([1] * 29, 3)])  # exactly fills a sequence
+    assert len(ok.token_ids) == 3
+
+
+def test_admit_refuses_more_than_the_free_slots():
+    model = make("photon-B")
+    engine = Engine(model, Tokenizer.bytes(), slots=2, max_len=64)
+    with pytest.raises(CacheFullError, match="free slots"):
+        engine.decoder.admit(torch.ones(1, 3, dtype=torch.long), torch.tensor([3]), [3])
+
+
+@pytest.mark.parametrize("stop", [(), ("lo W",), ("é", "xyz"), ("✓",)])
+def test_text_stream_pieces_join_to_the_final_text(stop):
+    tok = Tokenizer.bytes()
+    text = "Hello World, héllo wörld ✓ done"
+    ids = tok.encode(text)
+    stream = TextStream(tok, stop)
+    pieces, kept = [], 0
+    for i in range(0, len(ids), 3):  # three tokens per step, as a meta-context would give
+        kept += stream.add(ids[i:i + 3])
+        pieces.append(stream.take())
+        assert "\ufffd" not in pieces[-1]  # never half a character
+        if stream.stopped:
+            break
+    pieces.append(stream.take(final=True))
+    found = [s for s in stop if s in text]
+    if found:
+        first = min(found, key=text.index)
+        text = text[:text.index(first)]
+        assert kept == len(tok.encode(text + first))  # up to the token that completes it
+    else:
+        assert kept == len(ids)
+    assert "".join(pieces) == stream.text == text
+
+
+def test_text_stream_equals_decode_of_any_ids():
+    """Whatever the tokens (invalid UTF-8 included), the streamed text is `decode` of all."""
+    bpe = Tokenizer.train_bpe(["héllo wörld, ✓ done; " * 30], vocab_size=290)
+    rng = torch.Generator().manual_seed(0)
+    for tok in (Tokenizer.bytes(), bpe):
+        for _ in range(50):
+            ids = torch.randint(0, tok.vocab_size, (30,), generator=rng).tolist()
+            stream, pieces = TextStream(tok), []
+            for i in range(0, 30, 4):
+                stream.add(ids[i:i + 4])
+                pieces.append(stream.take())
+            pieces.append(stream.take(final=True))
+            assert "".join(pieces) == tok.decode(ids)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from photon.cli import bench, evaluate, generate, info, probe, train
+from photon.cli import bench, data, evaluate, generate, info, probe, train
 from photon.errors import PhotonError
 
-VERBS = (info, train, generate, evaluate, bench, probe)
+VERBS = (info, data, train, generate, evaluate, bench, probe)
 
 
 def build_parser() -> argparse.ArgumentParser:

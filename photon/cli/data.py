@@ -23,6 +23,9 @@ def run(args: argparse.Namespace) -> None:
     if result.get("already_prepared"):
         print("already prepared with these settings: nothing to do")
     else:
+        if result["pieces_resumed"]:
+            print(f"resumed: {result['pieces_resumed']} of {result['pieces']} pieces were "
+                  "already done")
         print(f"{(train['bytes'] + val['bytes']) / 1e6:,.1f} MB of text in "
               f"{result['elapsed_s']:.1f} s with {result['workers']} worker(s): "
               f"{result['text_mb_per_s']:.2f} MB/s of text, {result['disk_mb_per_s']:.2f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
 
 def run(args: argparse.Namespace) -> None:
@@ -14,6 +15,8 @@ def run(args: argparse.Namespace) -> None:
     given = {k: v for k, v in vars(args).items() if k in fields}
     given["overrides"] = _overrides(args.set) if args.set else None
     summary = train(given, resume=args.resume)
+    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
+        return
     if summary.get("val_bpb") is not None:
         print(f"step {summary['step']}/{summary['steps']}: val loss {summary['val_loss']:.4f}, "
               f"val bpb {summary['val_bpb']:.4f}, {summary['elapsed_s']:.0f} s")

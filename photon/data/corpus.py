@@ -128,9 +128,23 @@ class Split:
         return doc_hash < int(self.fraction * 2.0**64)
 
 
+class DocumentHash:
+    """64-bit hash of a document's UTF-8 text, fed in blocks: what decides its split."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._h = hashlib.blake2b(data, digest_size=8)
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self._h.digest(), "little")
+
+
 def document_hash(data: bytes) -> int:
-    """64-bit hash of a document's UTF-8 text: what decides its split."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """`DocumentHash` of a whole text at once."""
+    return DocumentHash(data).value
 
 
 def documents(corpus: str | Path, tail: float | None,
@@ -161,24 +175,36 @@ def validation_text(corpus: str | Path, text_field: str = "text") -> str:
 
 def bpe_sample(corpus: str | Path, split: Split, text_field: str = "text",
                max_bytes: int = BPE_SAMPLE_BYTES) -> list[str]:
-    """The first `max_bytes` of training text, never a held-out document: a BPE is
-    trained on it."""
-    texts, hashes, size = [], [], 0
-    for text, fixed, h in documents(corpus, split.tail, text_field):
-        if fixed == "val" or (fixed is None and split.documents is None and split.held_out(h)):
-            continue
-        texts.append(text)
-        hashes.append(h if fixed is None else None)
-        size += len(text.encode("utf-8"))
+    """Text blocks of the first `max_bytes` of training text, never from a held-out
+    document: a BPE is trained on them."""
+    kept: list[tuple[list[str], int | None]] = []  # blocks, hash (None: a fixed split)
+    size = 0
+    for piece in plan_pieces(resolve_corpus(corpus)):
+        for doc in PieceReader(piece, text_field, split.tail):
+            if doc.split == "val":
+                continue
+            blocks, h = [], DocumentHash()
+            for block in doc.blocks:  # hash it all, keep what fits (a text file may be huge)
+                data = block.encode("utf-8")
+                h.update(data)
+                if size < max_bytes:
+                    blocks.append(block)
+                    size += len(data)
+            if doc.split is None and split.documents is None and split.held_out(h.value):
+                size -= sum(len(b.encode("utf-8")) for b in blocks)
+                continue
+            kept.append((blocks, None if doc.split else h.value))
+            if size >= max_bytes:
+                break
         if size >= max_bytes:
             break
     if split.documents is not None:
         # The held-out documents are the corpus's `documents` smallest hashes; those in the
         # sample are among the sample's `documents` smallest, so dropping these drops them.
-        ranked = sorted((h, i) for i, h in enumerate(hashes) if h is not None)
+        ranked = sorted((h, i) for i, (_, h) in enumerate(kept) if h is not None)
         dropped = {i for _, i in ranked[:split.documents]}
-        texts = [t for i, t in enumerate(texts) if i not in dropped]
-    return texts
+        kept = [k for i, k in enumerate(kept) if i not in dropped]
+    return [block for blocks, _ in kept for block in blocks]
 
 
 def corpus_key(files: list[Path]) -> str:

@@ -44,11 +44,11 @@ import numpy as np
 from tqdm import tqdm
 
 from photon.data.corpus import (
+    DocumentHash,
     Split,
     bpe_sample,
     cache_dir,
     corpus_key,
-    document_hash,
     get_tokenizer,
     resolve_corpus,
 )
@@ -227,8 +227,10 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
                 _tokenize_piece(i, pieces[i], bar.update)
         else:
             _run_pool(workers, job, [(i, pieces[i]) for i in todo], bar)
-    finally:
-        bar.close()
+    except BaseException:
+        bar.close(keep=False)  # the error message alone stays on the terminal
+        raise
+    bar.close()
     elapsed = time.monotonic() - started
     manifest = {"format": FORMAT, "source": str(source), "settings": settings,
                 "tokenizer": {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
@@ -240,7 +242,8 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2))
     shutil.rmtree(work)
     mb = 1e6 * max(elapsed, 1e-9)
-    return {**manifest, "workers": workers, "elapsed_s": elapsed,
+    return {**manifest, "workers": workers, "pieces_resumed": len(pieces) - len(todo),
+            "elapsed_s": elapsed,
             "text_mb_per_s": bar.text_bytes / mb, "disk_mb_per_s": bar.disk_bytes / mb}
 
 
@@ -305,18 +308,18 @@ def _tokenize_piece(index: int, piece: Piece, report: Callable[..., None]) -> No
             if _job["stop"] is not None and _job["stop"].is_set():
                 return  # another worker failed: leave this piece unfinished
             n_tokens = n_bytes = 0
-            data = []
+            h = DocumentHash()
             for block in doc.blocks:
-                data.append(block.encode("utf-8"))
+                data = block.encode("utf-8")
+                h.update(data)
                 ids = np.asarray(tokenizer.encode(block) if block else [], dtype=dtype)
                 ids.tofile(out)
-                n_tokens, n_bytes = n_tokens + len(ids), n_bytes + len(data[-1])
+                n_tokens, n_bytes = n_tokens + len(ids), n_bytes + len(data)
             if not n_bytes:
                 continue
             np.asarray(eos, dtype=dtype).tofile(out)
             n_tokens += len(eos)
-            rows.append((n_tokens, n_bytes, document_hash(b"".join(data)),
-                         SPLIT_CODES[doc.split]))
+            rows.append((n_tokens, n_bytes, h.value, SPLIT_CODES[doc.split]))
             pending = [pending[0] + 1, pending[1] + n_tokens, pending[2] + n_bytes]
             if time.monotonic() - last > 0.2:
                 report(*pending, reader.consumed - reported)
@@ -381,7 +384,8 @@ class _Progress:
         self.bar.set_postfix(docs=f"{self.docs:,}", tokens=f"{self.tokens:,}", refresh=False)
         self.bar.update(disk_bytes)
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        self.bar.leave = keep
         self.bar.close()
 
 

@@ -91,9 +91,10 @@ def source_files(source: str | Path) -> list[Path]:
                     "file, a folder of them, a glob, or 'shakespeare')")
 
 
-def plan_pieces(files: list[Path], piece_bytes: int = PIECE_BYTES) -> list[Piece]:
-    """Cut `files` into pieces; the cut depends on the files only (never on how many
-    workers read them), so the result is the same for any number of workers."""
+def plan_pieces(files: list[Path], piece_bytes: int | None = None) -> list[Piece]:
+    """Cut `files` into pieces (plain JSON Lines into ranges of `piece_bytes`, default
+    `PIECE_BYTES`); the cut depends on the files only, never on how many workers read them."""
+    piece_bytes = piece_bytes or PIECE_BYTES
     pieces = []
     for path in files:
         fmt, codec = file_format(path)
@@ -219,7 +220,7 @@ class PieceReader:
                 break
             except (OSError, pa.ArrowException) as e:
                 raise DataError(f"{p.path}: row group {p.start} (records {record + 1}-"
-                                f"{p.first_record + rows}) is unreadable: {e}") from None
+                                f"{p.first_record + rows}) is unreadable: {_line(e)}") from None
             column = batch.column(0)
             if column.null_count:
                 first = column.is_null().index(True).as_py()
@@ -247,7 +248,7 @@ def _parquet_file(path: Path):
     try:
         return pa.parquet.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+        raise DataError(f"{path}: not a readable Parquet file: {_line(e)}") from None
 
 
 def _decompress(raw, piece: Piece):
@@ -267,7 +268,12 @@ class _Checked(io.RawIOBase):
         try:
             return self._stream.readinto(buffer)
         except Exception as e:  # pyarrow raises OSError or ArrowInvalid on corrupt input
-            raise DataError(f"{self._path}: cannot decompress: {e}") from None
+            raise DataError(f"{self._path}: cannot decompress: {_line(e)}") from None
+
+
+def _line(error: Exception) -> str:
+    """A library's error message on one line (pyarrow's may span several)."""
+    return " ".join(str(error).split())
 
 
 def tail_cut(f, size: int, fraction: float) -> int:

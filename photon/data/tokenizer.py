@@ -55,7 +55,8 @@ class Tokenizer:
         try:
             hf = HFTokenizer.from_file(str(file))
         except Exception as e:  # a missing file, bad JSON, an unknown model type
-            raise TokenizerError(f"cannot load the tokenizer {file}: {e}") from None
+            reason = " ".join(str(e).split())  # one line
+            raise TokenizerError(f"cannot load the tokenizer {file}: {reason}") from None
         eos = _configured_eos(file.parent / CONFIG_FILE)
         if eos is None:
             specials = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}

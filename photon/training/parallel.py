@@ -106,7 +106,8 @@ def unsharded(model: Model) -> Iterator[Model]:
         return
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     device = next(iter(full.values())).device
-    copy = build_model(model.config, device=device)
+    with torch.random.fork_rng(devices=[]):  # initialising the copy leaves the RNG alone
+        copy = build_model(model.config, device=device)
     copy.load_state_dict(full)
     del full
     yield copy.train(model.training)

@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> None:
                   "already done")
         print(f"{(train['bytes'] + val['bytes']) / 1e6:,.1f} MB of text in "
               f"{result['elapsed_s']:.1f} s with {result['workers']} worker(s): "
-              f"{result['text_mb_per_s']:.2f} MB/s of text, {result['disk_mb_per_s']:.2f} "
-              "MB/s read from disk")
+              f"{result['text_mb_per_s']:.2f} MB/s of text ({result['disk_mb_per_s']:.2f} MB/s "
+              f"read from disk; {result['text_mb_per_cpu_s']:.2f} MB per worker CPU second)")
     print(f"train on it with: photon train --data {args.out}")
     if args.json:
         print(json.dumps(result))

@@ -60,6 +60,7 @@ FORMAT = "photon-prepared-1"  # change when the layout changes; caches are then 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB of uint16)
+BATCH_BYTES = 1 << 20  # text tokenized per call
 TABLE = np.dtype([("tokens", np.int64), ("bytes", np.int64), ("hash", np.uint64),
                   ("split", np.int8)])
 BY_HASH, TRAIN, VAL = 0, 1, 2  # a document's split code in a piece table
@@ -223,10 +224,9 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
     try:
         if workers == 1:
             _init_worker(None, None, *job)
-            for i in todo:
-                _tokenize_piece(i, pieces[i], bar.update)
+            cpu_s = sum(_timed_piece(i, pieces[i], bar.update) for i in todo)
         else:
-            _run_pool(workers, job, [(i, pieces[i]) for i in todo], bar)
+            cpu_s = _run_pool(workers, job, [(i, pieces[i]) for i in todo], bar)
     except BaseException:
         bar.close(keep=False)  # the error message alone stays on the terminal
         raise
@@ -243,8 +243,9 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
     shutil.rmtree(work)
     mb = 1e6 * max(elapsed, 1e-9)
     return {**manifest, "workers": workers, "pieces_resumed": len(pieces) - len(todo),
-            "elapsed_s": elapsed,
-            "text_mb_per_s": bar.text_bytes / mb, "disk_mb_per_s": bar.disk_bytes / mb}
+            "elapsed_s": elapsed, "worker_cpu_s": cpu_s,
+            "text_mb_per_s": bar.text_bytes / mb, "disk_mb_per_s": bar.disk_bytes / mb,
+            "text_mb_per_cpu_s": bar.text_bytes / 1e6 / max(cpu_s, 1e-9)}
 
 
 def _work_tokenizer(folder: Path, source, tokenizer: Tokenizer | str, vocab_size: int,
@@ -277,17 +278,39 @@ def _locked(out: Path, wait: bool) -> Iterator[None]:
 _job: dict[str, Any] = {}
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """HF tokenizers on one thread (it reads this variable at every call): a worker is one
+    core, so --workers alone sets the parallelism."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 def _init_worker(progress, stop, work: str, tokenizer_dir: str, text_field: str,
                  tail: float | None, dtype: str) -> None:
-    if progress is not None:  # a pool process: one core each; Ctrl-C is the parent's
+    if progress is not None:  # a pool process: Ctrl-C is the parent's to handle
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _job.update(progress=progress, stop=stop, work=Path(work), text_field=text_field,
                 tokenizer=Tokenizer.load(tokenizer_dir), tail=tail, dtype=np.dtype(dtype))
 
 
-def _pool_task(task: tuple[int, Piece]) -> None:
-    _tokenize_piece(*task, report=lambda *counts: _job["progress"].put(counts))
+def _pool_task(task: tuple[int, Piece]) -> float:
+    return _timed_piece(*task, report=lambda *counts: _job["progress"].put(counts))
+
+
+def _timed_piece(index: int, piece: Piece, report: Callable[..., None]) -> float:
+    """`_tokenize_piece` on one thread; returns the CPU seconds it took."""
+    started = time.process_time()
+    with _one_thread():
+        _tokenize_piece(index, piece, report)
+    return time.process_time() - started
 
 
 def _table_path(work: Path, index: int) -> Path:
@@ -297,43 +320,79 @@ def _table_path(work: Path, index: int) -> Path:
 def _tokenize_piece(index: int, piece: Piece, report: Callable[..., None]) -> None:
     """Tokenize one piece into pieces/N.bin and its document table pieces/N.npy;
     `report(documents, tokens, text_bytes, disk_bytes)` receives progress increments."""
-    tokenizer, dtype = _job["tokenizer"], _job["dtype"]
-    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     table_path = _table_path(_job["work"], index)
     tokens_path = table_path.with_suffix(".bin")
     reader = PieceReader(piece, _job["text_field"], _job["tail"])
-    rows, pending, reported, last = [], [0, 0, 0], 0, time.monotonic()
     with open(tokens_path.with_suffix(".bin.tmp"), "wb") as out:
+        writer = _PieceWriter(out, reader, report)
         for doc in reader:
             if _job["stop"] is not None and _job["stop"].is_set():
                 return  # another worker failed: leave this piece unfinished
-            n_tokens = n_bytes = 0
-            h = DocumentHash()
+            h, n_bytes = DocumentHash(), 0
             for block in doc.blocks:
                 data = block.encode("utf-8")
                 h.update(data)
-                ids = np.asarray(tokenizer.encode(block) if block else [], dtype=dtype)
-                ids.tofile(out)
-                n_tokens, n_bytes = n_tokens + len(ids), n_bytes + len(data)
-            if not n_bytes:
-                continue
-            np.asarray(eos, dtype=dtype).tofile(out)
-            n_tokens += len(eos)
-            rows.append((n_tokens, n_bytes, h.value, SPLIT_CODES[doc.split]))
-            pending = [pending[0] + 1, pending[1] + n_tokens, pending[2] + n_bytes]
-            if time.monotonic() - last > 0.2:
-                report(*pending, reader.consumed - reported)
-                reported, pending, last = reader.consumed, [0, 0, 0], time.monotonic()
+                n_bytes += len(data)
+                writer.add(block)
+            writer.end_document(n_bytes, h.value, SPLIT_CODES[doc.split])
+        writer.flush()
     os.replace(tokens_path.with_suffix(".bin.tmp"), tokens_path)
     with open(table_path.with_suffix(".tmp"), "wb") as f:
-        np.save(f, np.array(rows, dtype=TABLE))
+        np.save(f, np.array(writer.rows, dtype=TABLE))
     os.replace(table_path.with_suffix(".tmp"), table_path)  # the piece is done
-    report(*pending, piece.size - reported)
+    report(0, 0, 0, piece.size - writer.reported)
 
 
-def _run_pool(workers: int, job: tuple, tasks: list[tuple[int, Piece]], bar: _Progress) -> None:
+class _PieceWriter:
+    """Tokenizes text blocks in batches of about `BATCH_BYTES` (one `encode_batch` call:
+    far less overhead per document than one call each) and appends the tokens, each
+    document followed by the end-of-document token, to `out`; `rows` is the document
+    table."""
+
+    def __init__(self, out, reader: PieceReader, report: Callable[..., None]) -> None:
+        self.out, self.reader, self.report = out, reader, report
+        self.tokenizer, self.dtype = _job["tokenizer"], _job["dtype"]
+        self.eos = [] if self.tokenizer.eos_id is None else [self.tokenizer.eos_id]
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.items: list[str | tuple[int, int, int]] = []  # blocks and document ends
+        self.size = self.doc_tokens = self.reported = 0
+
+    def add(self, block: str) -> None:
+        self.items.append(block)
+        self.size += len(block)
+        if self.size >= BATCH_BYTES:
+            self.flush()
+
+    def end_document(self, n_bytes: int, doc_hash: int, split: int) -> None:
+        self.items.append((n_bytes, doc_hash, split))
+
+    def flush(self) -> None:
+        texts = [item for item in self.items if isinstance(item, str)]
+        encoded = iter(self.tokenizer.encode_batch(texts))
+        parts, docs, tokens, text_bytes = [], 0, 0, 0
+        for item in self.items:
+            if isinstance(item, str):
+                parts.append(next(encoded))
+                self.doc_tokens += len(parts[-1])
+            elif item[0]:  # the end of a non-empty document
+                parts.append(self.eos)
+                self.doc_tokens += len(self.eos)
+                self.rows.append((self.doc_tokens, *item))
+                docs, tokens, text_bytes = docs + 1, tokens + self.doc_tokens, \
+                    text_bytes + item[0]
+                self.doc_tokens = 0
+        ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=self.dtype)
+        self.out.write(ids.tobytes())
+        self.items, self.size = [], 0
+        self.report(docs, tokens, text_bytes, self.reader.consumed - self.reported)
+        self.reported = self.reader.consumed
+
+
+def _run_pool(workers: int, job: tuple, tasks: list[tuple[int, Piece]],
+              bar: _Progress) -> float:
     """Tokenize `tasks` in `workers` processes; progress comes back through a queue. On an
-    error or Ctrl-C the other workers stop at their next document."""
+    error or Ctrl-C the other workers stop at their next document. Returns the workers'
+    CPU seconds."""
     # Workers fork from a clean server process that imported this module once: cheaper than
     # spawning each (photon imports torch), safer than forking a parent that holds threads.
     ctx = mp.get_context("forkserver")
@@ -346,13 +405,13 @@ def _run_pool(workers: int, job: tuple, tasks: list[tuple[int, Piece]], bar: _Pr
                 bar.update(*progress.get_nowait())
 
     pool = ProcessPoolExecutor(workers, ctx, _init_worker, (progress, stop, *job))
+    cpu_s = 0.0
     try:
         pending = {pool.submit(_pool_task, task) for task in tasks}
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
             drain()
-            for future in done:
-                future.result()  # re-raises a worker's error
+            cpu_s += sum(future.result() for future in done)  # re-raises a worker's error
     except BrokenProcessPool:
         raise DataError("a prepare worker died (out of memory?); run the prepare again to "
                         "resume") from None
@@ -360,6 +419,7 @@ def _run_pool(workers: int, job: tuple, tasks: list[tuple[int, Piece]], bar: _Pr
         stop.set()
         pool.shutdown(cancel_futures=True)
         drain()
+    return cpu_s
 
 
 class _Progress:

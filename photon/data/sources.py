@@ -31,7 +31,7 @@ from photon.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
-PIECE_BYTES = 64 << 20  # plain JSON Lines files are read in byte ranges of about this size
+PIECE_BYTES = 16 << 20  # plain JSON Lines files are read in byte ranges of about this size
 BLOCK_BYTES = 1 << 20  # plain text is read and tokenized in blocks of about this size
 
 

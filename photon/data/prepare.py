@@ -323,11 +323,14 @@ def _tokenize_piece(index: int, piece: Piece, report: Callable[..., None]) -> No
     table_path = _table_path(_job["work"], index)
     tokens_path = table_path.with_suffix(".bin")
     reader = PieceReader(piece, _job["text_field"], _job["tail"])
+    stop = _job["stop"]
+    if stop is not None and stop.is_set():
+        return
     with open(tokens_path.with_suffix(".bin.tmp"), "wb") as out:
         writer = _PieceWriter(out, reader, report)
         for doc in reader:
-            if _job["stop"] is not None and _job["stop"].is_set():
-                return  # another worker failed: leave this piece unfinished
+            if stop is not None and stop.is_set():
+                return  # another worker failed or Ctrl-C: leave this piece unfinished
             h, n_bytes = DocumentHash(), 0
             for block in doc.blocks:
                 data = block.encode("utf-8")

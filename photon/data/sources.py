@@ -51,9 +51,10 @@ class Piece:
 
 @dataclass
 class Document:
-    """One document's text, in blocks (one block for a record). `split` is "train" or "val"
-    when the reader already knows (the head and the tail of a text file), else None: the
-    split is decided from the document's hash."""
+    """One document's text, in blocks (one block for a record; read them before the next
+    document, a text file's are read lazily). `split` is "train" or "val" when the reader
+    already knows (the head and the tail of a text file), else None: the split is decided
+    from the document's hash."""
 
     blocks: Iterator[str] | list[str]
     split: str | None = None
@@ -143,7 +144,7 @@ class PieceReader:
                 f = io.BytesIO(io.BufferedReader(_decompress(raw, p), BLOCK_BYTES).read())
                 size = len(f.getvalue())
             if self.tail_fraction is None:
-                yield Document(list(text_blocks(f, 0, size)))
+                yield Document(text_blocks(f, 0, size))
             else:
                 cut = tail_cut(f, size, self.tail_fraction)
                 yield Document(text_blocks(f, 0, cut), "train")
@@ -192,8 +193,11 @@ class PieceReader:
     def _line_name(self, where: tuple[int | None, int]) -> str:
         line_no, offset = where
         if line_no is None:  # a piece after the first: count the lines before it (errors only)
+            line_no = 1
             with open(self.piece.path, "rb") as f:
-                line_no = f.read(offset).count(b"\n") + 1
+                while offset > 0:
+                    chunk = f.read(min(offset, BLOCK_BYTES))
+                    line_no, offset = line_no + chunk.count(b"\n"), offset - len(chunk)
         return f"{self.piece.path}: line {line_no}"
 
     # --- Parquet: one document per row

@@ -245,6 +245,11 @@ def _bad_sources(root: Path) -> dict[str, tuple[Path, list[str], str]]:
                    column.data_page_offset + column.total_compressed_size - 100):
         data[i] ^= 0x5A
     corrupt.write_bytes(bytes(data))
+    pool = root / "bad" / "pool"  # the error comes back from a worker process
+    pool.mkdir()
+    for i in range(3):
+        (pool / f"part-{i}.jsonl").write_text("\n".join(lines) + "\n")
+    (pool / "part-1.jsonl").write_text("\n".join([*lines[:8], "[1, 2]", *lines[8:]]) + "\n")
     not_json = root / "bad" / "tokenizer.json"
     not_json.write_text("{ not a tokenizer")
     good = root / "docs.jsonl"
@@ -255,6 +260,7 @@ def _bad_sources(root: Path) -> dict[str, tuple[Path, list[str], str]]:
         "bad json": (broken, [], "broken.jsonl: line 7: not valid JSON"),
         "json array": (array, [], "array.json: line 1: a JSON list, not an object"),
         "truncated gzip": (truncated, [], "cut.jsonl.gz: cannot decompress"),
+        "in a worker": (pool, ["--workers", "2"], "part-1.jsonl: line 9: a JSON list"),
         "not parquet": (garbage, [], "garbage.parquet: not a readable Parquet file"),
         "null text": (nulls, [], "nulls.parquet: record 3 has no 'text' (null)"),
         "no column": (nulls, ["--text-field", "body"], "nulls.parquet: no 'body' column"),

@@ -106,3 +106,30 @@ def test_fsdp_matches_one_process_and_resumes_exactly(data):
         load_file(killed / "step-000008" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert rows(killed, "loss")[-4:] == rows(two, "loss")[-4:]
+
+
+def test_optimizer_state_by_parameter_name_and_from_older_checkpoints():
+    """Checkpoints keep the optimizer state keyed by parameter name (any mode, any number
+    of processes); a checkpoint written before FSDP (keyed by index) still resumes."""
+    from photon.training import parallel
+
+    torch.manual_seed(0)
+    model = photon.build_model("photon-tiny")
+    ids = torch.randint(0, 256, (2, 32))
+
+    def stepped() -> torch.optim.AdamW:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return optimizer
+
+    optimizer = stepped()
+    by_name = parallel.optimizer_state(model, optimizer)
+    assert "enc_embed.weight" in by_name["state"]
+    for saved in (by_name, optimizer.state_dict()):
+        fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        parallel.load_optimizer_state(model, fresh, saved)
+        a, b = fresh.state_dict()["state"], optimizer.state_dict()["state"]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])

@@ -46,10 +46,13 @@ def _fsync(path: Path) -> None:
 
 def save_checkpoint(directory: str | Path, model: Model, tokenizer: Tokenizer,
                     trainer_state: dict[str, Any] | None = None,
-                    training_state: dict[str, Any] | None = None) -> Path:
+                    training_state: dict[str, Any] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder atomically (temporary folder, fsync, rename) and return it.
 
     `trainer_state` goes to JSON; `training_state` (tensors allowed) to `training_state.pt`.
+    `weights` replaces `model.state_dict()` when the model is sharded (FSDP): its full
+    state dict, gathered by the caller.
     """
     directory = Path(directory)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
@@ -58,7 +61,8 @@ def save_checkpoint(directory: str | Path, model: Model, tokenizer: Tokenizer,
         tmp.mkdir(parents=True)
         (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         skip = _tied(model)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+        weights = model.state_dict() if weights is None else weights
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()
                    if k not in skip}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         tokenizer.save(tmp)

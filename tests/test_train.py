@@ -21,14 +21,8 @@ from safetensors.torch import load_file
 import photon
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
-from photon.data.corpus import (
-    WindowSampler,
-    load_tokens,
-    pack,
-    resolve_corpus,
-    split_documents,
-    validation_text,
-)
+from photon.data.corpus import WindowSampler, resolve_corpus, split_documents, validation_text
+from photon.data.prepare import load_tokens, pack
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError
 from photon.training.train import TrainArgs, total_steps

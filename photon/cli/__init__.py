@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from photon.cli import bench, evaluate, generate, info, probe, serve, train
+from photon.cli import bench, data, evaluate, generate, info, probe, serve, train
 from photon.errors import PhotonError
 
-VERBS = (info, train, generate, evaluate, bench, probe, serve)
+VERBS = (info, data, train, generate, evaluate, bench, probe, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

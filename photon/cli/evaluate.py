@@ -8,25 +8,50 @@ import json
 
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
-    from photon.data.corpus import resolve_corpus, validation_text
-    from photon.evaluation.perplexity import evaluate_text
+    from photon.evaluation.perplexity import evaluate_text, evaluate_tokens
 
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
-    if args.split == "val":
-        text = validation_text(args.data)
+    options = dict(mode=args.mode, window=args.window, stride=args.stride,
+                   batch_size=args.batch_size, progress=True)
+    tokens = _prepared_tokens(args, tokenizer)
+    if tokens is not None:
+        result = evaluate_tokens(model, tokens, tokenizer.token_bytes(), **options)
     else:
-        text = "\n\n".join(path.read_text(encoding="utf-8", errors="replace")
-                            for path in resolve_corpus(args.data))
-    if args.max_bytes:
-        text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
-    result = evaluate_text(model, tokenizer, text, mode=args.mode, window=args.window,
-                           stride=args.stride, batch_size=args.batch_size, progress=True)
+        text = _text(args)
+        if args.max_bytes:
+            text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
+        result = evaluate_text(model, tokenizer, text, **options)
     print(f"{args.checkpoint} on {args.data} ({args.split}), {result.mode}: "
           f"bpb {result.bpb:.4f}  ppl {result.ppl:.2f}  over {result.tokens:,} tokens / "
           f"{result.bytes:,} bytes (window {result.window}, stride {result.stride})")
     if args.json:
         print(json.dumps(result.to_dict()))
+
+
+def _text(args: argparse.Namespace) -> str:
+    from photon.data.corpus import split_documents
+
+    return "\n\n".join(split_documents(args.data, args.split, args.text_field))
+
+
+def _prepared_tokens(args: argparse.Namespace, tokenizer) -> list[int] | None:
+    """The split's tokens of a prepared directory (None for any other --data), after an
+    end-of-document token so that every document token is scored, cut at --max-bytes."""
+    import numpy as np
+
+    from photon.data.prepare import is_prepared, load_tokens, pack
+
+    if not is_prepared(args.data):
+        return None
+    folder = pack(args.data, tokenizer)  # checks that it was made with this tokenizer
+    splits = ["train", "val"] if args.split == "all" else [args.split]
+    tokens = np.concatenate([np.asarray(load_tokens(folder, s)) for s in splits])
+    if args.max_bytes:
+        sizes = np.asarray(tokenizer.token_bytes())[tokens]
+        tokens = tokens[:int(np.searchsorted(np.cumsum(sizes), args.max_bytes, "right"))]
+    start = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    return [*start, *tokens.tolist()]
 
 
 def add_parser(verbs) -> None:
@@ -41,9 +66,12 @@ def add_parser(verbs) -> None:
         epilog="Example: photon eval runs/photon-small --data shakespeare --mode recgen --json")
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
     p.add_argument("--data", default="shakespeare",
-                   help="'shakespeare' or a text file / folder of text files")
-    p.add_argument("--split", choices=["val", "all"], default="val",
-                   help="val (default): the held-out part training never saw; all: every text")
+                   help="'shakespeare', a directory made by photon data prepare, or a text, "
+                        "JSON Lines or Parquet file, folder or glob")
+    p.add_argument("--split", choices=["val", "train", "all"], default="val",
+                   help="val (default): the held-out part training never saw; train; all")
+    p.add_argument("--text-field", default="text",
+                   help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen")
     p.add_argument("--window", type=int, help="tokens per window (default: the model's "
                                               "training context)")

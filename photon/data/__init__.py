@@ -1,1 +1,2 @@
-"""Training text: corpora, tokenizers, token arrays on disk, batches."""
+"""Training text: sources (text, JSON Lines, Parquet), corpora and the validation split,
+tokenizers, prepared token shards (`photon data prepare`), batches."""

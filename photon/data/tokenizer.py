@@ -23,6 +23,15 @@ CONFIG_FILE = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
 
 
+def _gpt2_byte_chars() -> list[str]:
+    """The printable character byte-level BPE uses for each byte value (GPT-2's table:
+    printable Latin-1 bytes stand for themselves, the rest map to code points 256 and up)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
 class Tokenizer:
     """Either `Tokenizer.bytes()` (ids 0..255, no end-of-document token) or a byte-level BPE
     from `Tokenizer.train_bpe` whose id 0 is the end-of-document token `<|endoftext|>`."""
@@ -96,6 +105,19 @@ class Tokenizer:
         lengths = [len(self._hf.id_to_token(i)) for i in range(self.vocab_size)]
         lengths[self.eos_id] = 0
         return lengths
+
+    @property
+    def backend(self) -> HFTokenizer:
+        """This tokenizer as an HF `tokenizers.Tokenizer` (what `transformers` wraps): the
+        trained BPE, or for raw bytes a merge-free byte-level BPE whose ids are the bytes."""
+        if self._hf is not None:
+            return self._hf
+        # Byte-level pre-tokenization spells byte b as the character gpt2_byte_chars()[b].
+        vocab = {char: b for b, char in enumerate(_gpt2_byte_chars())}
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+        return hf
 
     def fingerprint(self) -> str:
         """Short hash that changes whenever the id mapping changes (names data caches)."""

@@ -39,6 +39,7 @@ from photon.checkpoint import load_model
 from photon.errors import InputError
 from photon.evaluation.perplexity import check_mode, evaluate_text, mode_logits
 from photon.inference.generate import generate_text
+from photon.model.lm import PhotonLM
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,11 @@ class PhotonHarnessLM(TemplateLM):
                 raise InputError(f"photon: a continuation of {len(continuation)} tokens does "
                                  f"not fit the {self.window}-token window")
             items.append((index, tokens, prompt))
-        # RecGen's logits depend on where the prompt ends: batch equal prompts only. Longest
-        # first within a group, so that similar lengths share a batch.
-        recgen = self.mode == "recgen"
-        items.sort(key=lambda x: (x[2] if recgen else 0, -len(x[1])))
+        # Longest first within a group, so that similar lengths share a batch.
+        items.sort(key=lambda x: (self._group(x[2]), -len(x[1])))
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
         bar = tqdm(total=len(items), desc=f"loglikelihood ({self.mode})", disable=disable_tqdm)
-        for batch in _batches(items, self.batch_size, key=lambda x: x[2] if recgen else 0):
+        for batch in _batches(items, self.batch_size, key=lambda x: self._group(x[2])):
             for (index, _, _), result in zip(batch, self._score(batch), strict=True):
                 results[index] = result
                 self.cache_hook.add_partial("loglikelihood", requests[index][0], result)
@@ -141,7 +140,17 @@ class PhotonHarnessLM(TemplateLM):
         bar.close()
         return results
 
+    def _group(self, prompt: int) -> int:
+        """Requests of one group can share a forward call. RecGen's logits depend on the
+        prompt's complete meta-contexts (the top stream is encoded up to there), so its
+        prompts must end in the same meta-context; the forward pass has no prompt."""
+        if self.mode == "recgen" and isinstance(self.model, PhotonLM):
+            return prompt // self.model.config.meta_len
+        return 0
+
     def _score(self, batch: list[tuple[int, list[int], int]]) -> list[tuple[float, bool]]:
+        """(log-likelihood, greedy) of the tokens after each prompt, for one group's batch.
+        Rows are right-padded: a causal model's logits at real positions never see it."""
         inputs = [tokens[:-1] for _, tokens, _ in batch]  # the last token is only a target
         ids = torch.zeros(len(batch), max(map(len, inputs)), dtype=torch.long)
         for row, x in enumerate(inputs):

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # A verb that wraps another tool (lm-eval) passes the flags it does not know through.
     if unknown and not getattr(args, "pass_through", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.harness_args = unknown
+    args.extra_args = unknown
     try:
         args.run(args)
     except PhotonError as e:

@@ -28,7 +28,7 @@ def harness_args(args: argparse.Namespace, tasks_dir: str) -> list[str]:
     """The harness's flags: the user's, plus photon's defaults for those not given."""
     import torch
 
-    flags = list(args.harness_args)
+    flags = list(args.extra_args)
     defaults = {"--model": "photon", "--include_path": tasks_dir, "--batch_size": "16",
                 "--device": "cuda" if torch.cuda.is_available() else "cpu"}
     for name, value in defaults.items():

@@ -97,14 +97,22 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def write_run_config(run_dir: str | Path, model: Model) -> None:
+    """Give a run folder the config.json of its checkpoints (written atomically), so tools
+    that read a folder's config.json, such as transformers' AutoConfig, can open a run."""
+    tmp = Path(run_dir) / f".tmp-{CONFIG_FILE}-{os.getpid()}"
+    tmp.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    os.replace(tmp, Path(run_dir) / CONFIG_FILE)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """`path` itself if it is a checkpoint folder, else the latest checkpoint of a run folder."""
+    """The latest checkpoint of a run folder, else `path` itself (a checkpoint folder)."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        return path
     checkpoints = list_checkpoints(path)
     if checkpoints:
         return checkpoints[-1]
+    if (path / CONFIG_FILE).is_file():
+        return path
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run folder")
     raise CheckpointError(f"{path}: not a checkpoint (no {CONFIG_FILE}) and holds no "

@@ -27,3 +27,7 @@ class TokenizerError(PhotonError, ValueError):
 
 class CheckpointError(PhotonError, ValueError):
     """A missing, corrupt, truncated or mismatched checkpoint, or one that cannot be written."""
+
+
+class DependencyError(PhotonError, ImportError):
+    """An optional dependency is missing; the message names the extra that installs it."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from photon.cli import bench, data, evaluate, generate, info, probe, serve, train
+from photon.cli import bench, data, evaluate, generate, harness, info, probe, serve, train
 from photon.errors import PhotonError
 
-VERBS = (info, data, train, generate, evaluate, bench, probe, serve)
+VERBS = (info, data, train, generate, evaluate, bench, probe, harness, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # A verb that wraps another tool (lm-eval) passes the flags it does not know through.
+    if unknown and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.extra_args = unknown
     try:
         args.run(args)
     except PhotonError as e:

@@ -42,6 +42,15 @@ def _byte_level_bytes() -> dict[str, int]:
     return table
 
 
+def _gpt2_byte_chars() -> list[str]:
+    """The printable character byte-level BPE uses for each byte value (GPT-2's table:
+    printable Latin-1 bytes stand for themselves, the rest map to code points 256 and up)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
 class Tokenizer:
     """`Tokenizer.bytes()` (ids 0..255, no end-of-document token), a byte-level BPE from
     `Tokenizer.train_bpe` whose id 0 is `<|endoftext|>`, or a tokenizer.json loaded with
@@ -157,6 +166,19 @@ class Tokenizer:
         for i, token in self._hf.get_added_tokens_decoder().items():
             lengths[i] = 0 if token.special else len(token.content.encode("utf-8"))
         return lengths
+
+    @property
+    def backend(self) -> HFTokenizer:
+        """This tokenizer as an HF `tokenizers.Tokenizer` (what `transformers` wraps): the
+        trained BPE, or for raw bytes a merge-free byte-level BPE whose ids are the bytes."""
+        if self._hf is not None:
+            return self._hf
+        # Byte-level pre-tokenization spells byte b as the character gpt2_byte_chars()[b].
+        vocab = {char: b for b, char in enumerate(_gpt2_byte_chars())}
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+        return hf
 
     def fingerprint(self) -> str:
         """Short hash that changes whenever the id mapping or the end-of-document token

@@ -57,12 +57,26 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     return spans
 
 
+def check_mode(model: Model, mode: str) -> None:
+    """Raise a clear error for a mode the model cannot be scored in."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "recgen" and isinstance(model, PhotonLM) and model.config.n_levels < 2:
+        raise InputError("recgen needs a model with at least 2 levels")
+
+
+def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str) -> Tensor:
+    """Teacher-forced logits [B, T, V] of ids [B, T] (`logits[:, i]` predicts token i+1) as
+    `mode` predicts them after a prompt of `prompt_len` tokens: the forward pass (HierGen and
+    the flat model, whatever the prompt), or RecGen's sequential likelihood (PHOTON, L >= 2)."""
+    if mode == "recgen" and isinstance(model, PhotonLM):
+        return sequential_logits(model, ids, prompt_len, "recgen")
+    return model(ids).logits
+
+
 def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int) -> Tensor:
     """Summed next-token NLL (nats) of ids[:, first:] for a batch of equal windows."""
-    if mode == "recgen" and isinstance(model, PhotonLM):
-        logits = sequential_logits(model, ids, prompt_len, "recgen")
-    else:
-        logits = model(ids).logits
+    logits = mode_logits(model, ids, prompt_len, mode)
     targets = ids[:, first:]
     pred = logits[:, first - 1:-1].float()
     return F.cross_entropy(pred.flatten(0, 1), targets.flatten(), reduction="none").sum()
@@ -73,10 +87,7 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
                     mode: str = "hiergen", window: int | None = None, stride: int | None = None,
                     batch_size: int = 8, progress: bool = False) -> EvalResult:
     """Score `tokens` (position 0 is context only) in overlapping windows."""
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "recgen" and isinstance(model, PhotonLM) and model.config.n_levels < 2:
-        raise InputError("recgen needs a model with at least 2 levels")
+    check_mode(model, mode)
     if len(tokens) < 2:
         raise InputError("the text is too short to score: it needs at least 2 tokens")
     window = window or model.config.max_seq_len

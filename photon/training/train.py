@@ -326,6 +326,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             ckpt_io.save_checkpoint(path, model, tokenizer, trainer_state,
                                     {"optimizer": optim, "sampler": sampler.state_dict(),
                                      "rng": rng}, weights=weights)
+            ckpt_io.write_run_config(out, model)
             for old in ckpt_io.list_checkpoints(out)[:-args.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         ctx.barrier()

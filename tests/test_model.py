@@ -123,6 +123,24 @@ def test_loss_weighting():
     torch.testing.assert_close(out.loss, out.losses["token"] + 0.3 * out.losses["rec"])
 
 
+def test_teacher_weight_moves_between_the_two_forms():
+    """Weight 1 read through the own-output loop equals the parallel teacher-forced pass;
+    weight 0 is the paper's form (the default of a model without latent teacher forcing)."""
+    model = make("photon-B")
+    ids = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        states = model.encode_prefix(ids)
+        forced = model.predict(ids, states, teacher_weight=1.0).logits
+        looped = model.predict(ids, states, teacher_weight=1.0 - 1e-9).logits
+        paper = model.predict(ids, states, teacher_weight=0.0).logits
+        halfway = model.predict(ids, states, teacher_weight=0.5).logits
+    torch.testing.assert_close(looped, forced, atol=1e-5, rtol=1e-5)
+    assert torch.equal(paper, model(ids).logits)
+    assert not torch.allclose(halfway, paper) and not torch.allclose(halfway, forced)
+    # The first meta-context's first sub-chunk reads no earlier latent: the same in every form.
+    torch.testing.assert_close(halfway[:, :3], paper[:, :3])  # logits 0..2: tokens 1..3
+
+
 def test_rec_detach_stops_gradient_into_encoder_target():
     ids = torch.randint(0, 256, (2, 32))
     grads = {}

@@ -24,8 +24,8 @@ from photon.cli import main as cli_main
 from photon.data.corpus import WindowSampler, resolve_corpus, split_documents, validation_text
 from photon.data.prepare import load_tokens, pack
 from photon.data.tokenizer import Tokenizer
-from photon.errors import CheckpointError
-from photon.training.train import TrainArgs, total_steps
+from photon.errors import CheckpointError, ConfigError
+from photon.training.train import TrainArgs, check_schedule, teacher_weight_at, total_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",
@@ -161,7 +161,21 @@ def test_budgets():
     args = TrainArgs(flops=1e9, max_steps=1000)
     assert total_steps(args, 1000, 10_000) == 100  # FLOPs bind: 1e9 / (1e4 * 1e3)
     assert total_steps(TrainArgs(max_tokens=2500), 1000, 1) == 3
-    assert total_steps(TrainArgs(), 1000, 1) == 100
+    assert total_steps(TrainArgs(), 1000, 1) == 300
+
+
+def test_schedule_defaults_and_curriculum():
+    args = TrainArgs()
+    check_schedule(args, 300)
+    assert args.warmup == 150  # the default warm-up, but never more than half the run
+    short = TrainArgs()
+    check_schedule(short, 40)
+    assert short.warmup == 20
+    weights = [teacher_weight_at(s, args, 300) for s in (0, 89, 90, 135, 180, 299)]
+    assert weights == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]  # forced until 30 %, own outputs at 60 %
+    for bad in ([0.7, 0.3], [0.5], [-0.1, 0.5]):
+        with pytest.raises(ConfigError, match="curriculum"):
+            check_schedule(TrainArgs(curriculum=bad), 300)
 
 
 def _bad_inputs(env, tmp: Path) -> dict[str, tuple[list, str]]:

@@ -14,6 +14,7 @@ def run(args: argparse.Namespace) -> None:
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     given["overrides"] = _overrides(args.set) if args.set else None
+    given["curriculum"] = _curriculum(args.curriculum) if args.curriculum else None
     summary = train(given, resume=args.resume)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
         return
@@ -23,6 +24,18 @@ def run(args: argparse.Namespace) -> None:
     print(f"checkpoint: {summary['checkpoint']}  (load it with photon.load_model)")
     if args.json:
         print(json.dumps(summary))
+
+
+def _curriculum(text: str) -> list[float]:
+    """`START,END` fractions of the run, or `off` (an empty list)."""
+    from photon.errors import ConfigError
+
+    if text == "off":
+        return []
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--curriculum expects START,END or off, got {text!r}") from None
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -50,7 +63,7 @@ def add_parser(verbs) -> None:
                     "(config.json, model.safetensors, tokenizer) in --out, which generation, "
                     "evaluation and benchmarks read with photon.load_model.",
         epilog="examples:\n"
-               "  photon train                                  # photon-small on shakespeare\n"
+               "  photon train                        # photon-small on shakespeare, 300 steps\n"
                "  photon train --preset vanilla-small --flops 9.7e12\n"
                "  photon train --data notes/ --tokenizer bytes --preset photon-tiny\n"
                "  photon train --data data/pile --preset photon-600m  # photon data prepare\n"
@@ -58,7 +71,7 @@ def add_parser(verbs) -> None:
                "  torchrun --nproc_per_node 2 -m photon.cli train --batch-size 16\n"
                "  torchrun --nproc_per_node 8 -m photon.cli train --parallel fsdp ...\n"
                "Stops at the first of --max-steps, --max-tokens, --flops, --max-time (the "
-               "cosine schedule\nends at the first three; default 100 steps). Unset options "
+               "cosine schedule\nends at the first three; default 300 steps). Unset options "
                "of a resumed run keep the\ncheckpoint's values.")
     data = p.add_argument_group("model and data")
     data.add_argument("--preset", help="model preset (default photon-small)")
@@ -81,7 +94,14 @@ def add_parser(verbs) -> None:
     opt.add_argument("--micro-batch", type=int, help="sequences per forward pass and process; "
                                                      "smaller means gradient accumulation")
     opt.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    opt.add_argument("--warmup", type=int, help="warm-up steps (default 20)")
+    opt.add_argument("--warmup", type=int,
+                     help="warm-up steps (default 150, at most half the run): shorter warm-ups "
+                          "let Adam's first full-size steps collapse PHOTON's encoder states")
+    opt.add_argument("--curriculum", metavar="START,END",
+                     help="PHOTON L >= 2: teacher-force the level-2 decoder with encoder states "
+                          "until fraction START of the run, then hand over to its own outputs "
+                          "(the paper's form) by END (default 0.3,0.6; 'off' trains the paper's "
+                          "form from the start, whose top stream then learns nothing)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
     opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 1.0)")
     opt.add_argument("--seed", type=int, help="seeds initialisation and data order (default 0)")

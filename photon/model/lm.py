@@ -172,20 +172,28 @@ class PhotonLM(GenerationMixin, nn.Module):
         B, N, D = latents.shape
         return self.converters[level - 1](latents).view(B * N, self.config.n_cond, D)
 
-    def decode_latents(self, level: int, cond: Tensor) -> Tensor:
+    def decode_latents(self, level: int, cond: Tensor, teacher: Tensor | None = None,
+                       teacher_weight: float = 0.0) -> Tensor:
         """X̂^(l-1) [B, N*C_l, D] from the (already shifted) level-l conditioning [B, N, D].
 
         The local decoder feeds back its own outputs, one position at a time, through a
-        window cache of at most R + C_l entries.
+        window cache of at most R + C_l entries. With `teacher` (the encoder states X^(l-1)
+        of the same positions) each next input is teacher_weight * X + (1 - teacher_weight)
+        * own output: the training curriculum that moves from teacher forcing to this form.
         """
         B, N, D = cond.shape
         C = self.config.chunk_sizes[level - 1]
+        if teacher is not None:
+            teacher = F.pad(teacher, (0, 0, 0, max(N * C - teacher.shape[1], 0)))
+            teacher = teacher[:, :N * C].reshape(B * N, C, D)
         x = self.conditioning(level, cond)
         cache = LocalKVCache(self.config.n_cond + C)
         outputs = []
-        for _ in range(C):
+        for j in range(C):
             x = self.decoders[level - 1](x, cache)[:, -1:]
             outputs.append(x)
+            if teacher is not None:
+                x = torch.lerp(x, teacher[:, j:j + 1].to(x.dtype), teacher_weight)
         return torch.cat(outputs, dim=1).view(B, N * C, D)
 
     def decode_latents_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
@@ -209,24 +217,31 @@ class PhotonLM(GenerationMixin, nn.Module):
         return h.reshape(B, N * C, D)
 
     def decode_top_down(self, top_cond: Tensor, carries: list[Tensor] | None = None,
-                        states: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+                        states: list[Tensor] | None = None, teacher_weight: float | None = None
+                        ) -> tuple[list[Tensor], Tensor]:
         """Top-down pass from the (already shifted) top conditioning [B, N, D].
 
         Returns the reconstructions X̂^(L-1), …, X̂^(1) and the conditioning latent of every
         token chunk. Under variant A every level shifts by one position; `carries` are the
         latents just before this span (one per level, top-down, [B, 1, D]), which decoding
-        one meta-context at a time passes on; None means the start of the sequence. With
-        `latent_teacher_forcing` and `states` (the encoder states X^(1..L)) given, these are
-        the level >= 2 decoders' inputs; without `states` (RecGen, which has no lower encoder
-        states) the decoders read their own outputs.
+        one meta-context at a time passes on; None means the start of the sequence.
+
+        The level >= 2 decoders read the encoder states of the earlier positions of their
+        chunk (`states`, X^(1..L)) with weight `teacher_weight` and their own outputs with the
+        rest; by default 1 with `latent_teacher_forcing`, else 0 (the paper's form). Without
+        `states` (RecGen, which has no lower encoder states) they read their own outputs.
         """
+        if teacher_weight is None:
+            teacher_weight = 1.0 if self.config.latent_teacher_forcing else 0.0
+        if states is None:
+            teacher_weight = 0.0
         cond, recons = top_cond, []
-        forced = self.config.latent_teacher_forcing and states is not None
         for i, level in enumerate(range(self.config.n_levels, 1, -1)):
-            if forced:
+            if teacher_weight == 1.0:  # every input known: all positions in one pass
                 latents = self.decode_latents_forced(level, cond, states[level - 2])
             else:
-                latents = self.decode_latents(level, cond)
+                teacher = states[level - 2] if teacher_weight > 0 else None
+                latents = self.decode_latents(level, cond, teacher, teacher_weight)
             recons.append(latents)
             if self.config.variant == "A":
                 cond = shift_right(latents, None if carries is None else carries[i])
@@ -260,16 +275,18 @@ class PhotonLM(GenerationMixin, nn.Module):
         T = input_ids.shape[1] // self.config.chunk_sizes[0] * self.config.chunk_sizes[0]
         return self.encode(input_ids[:, :T])
 
-    def predict(self, input_ids: Tensor, states: list[Tensor], labels: Tensor | None = None
-                ) -> ModelOutput:
+    def predict(self, input_ids: Tensor, states: list[Tensor], labels: Tensor | None = None,
+                teacher_weight: float | None = None) -> ModelOutput:
         """Logits (and losses) of `input_ids` given encoder states of its complete
         meta-contexts; `forward` is `predict(ids, encode_prefix(ids))`. Passing altered
         states (zeroed, or swapped between sequences) measures what the top stream carries.
+        `teacher_weight`: see `decode_top_down` (training curricula only).
         """
         c = self.config
         T = input_ids.shape[1]
         top_cond = F.pad(states[-1], (0, 0, 1, 0))  # zero start latent; metas 0..complete
-        recons, cond = self.decode_top_down(top_cond, states=states)
+        recons, cond = self.decode_top_down(top_cond, states=states,
+                                            teacher_weight=teacher_weight)
         padded = F.pad(input_ids, (0, top_cond.shape[1] * c.meta_len - T))
         hidden = self.decode_tokens(cond, padded)
         logits = self.lm_head(hidden[:, 1:T + 1])  # hidden[:, i] predicts token i
@@ -284,9 +301,10 @@ class PhotonLM(GenerationMixin, nn.Module):
         loss = tok + c.rec_alpha * rec if c.rec_alpha else tok
         return ModelOutput(logits, loss, {"token": tok, "rec": rec})
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> ModelOutput:
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None,
+                teacher_weight: float | None = None) -> ModelOutput:
         check_token_ids(input_ids, self.config.vocab_size)
-        return self.predict(input_ids, self.encode_prefix(input_ids), labels)
+        return self.predict(input_ids, self.encode_prefix(input_ids), labels, teacher_weight)
 
 
 Model = PhotonLM | TransformerLM

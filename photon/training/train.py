@@ -54,10 +54,14 @@ class TrainArgs:
     batch_size: int = 8  # sequences per optimizer step, over all processes
     micro_batch: int | None = None  # sequences per forward pass and process
     lr: float = 2e-3
-    warmup: int = 20
+    warmup: int | None = None  # default: 150 steps, at most half the run (see DEFAULT_WARMUP)
+    # Latent curriculum (PHOTON L >= 2 in the paper's form): the level >= 2 decoders are
+    # teacher-forced with encoder states until this fraction of the run, then their own
+    # outputs take over linearly until the second fraction. [] turns it off.
+    curriculum: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    max_steps: int | None = None  # default 100 when no token or FLOP budget is given
+    max_steps: int | None = None  # default 300 when no token or FLOP budget is given
     max_tokens: int | None = None
     max_time: float | None = None  # seconds of this invocation; does not shape the schedule
     flops: float | None = None  # training FLOPs budget (photon.training_flops_per_token)
@@ -76,8 +80,12 @@ class TrainArgs:
 
 # Changing these would silently train a different run, so a resume must agree with them.
 MUST_MATCH = ("preset", "overrides", "data", "tokenizer", "vocab_size", "seq_len", "batch_size",
-              "lr", "warmup", "weight_decay", "grad_clip", "seed")
-DEFAULT_STEPS = 100
+              "lr", "warmup", "curriculum", "weight_decay", "grad_clip", "seed")
+DEFAULT_STEPS = 300
+# Adam's first updates are full-size whatever the gradient; at the full learning rate they
+# write constants into every residual stream and the encoder states collapse within ten
+# steps (docs/hierarchy.md). A long warm-up keeps the hierarchy's streams alive.
+DEFAULT_WARMUP = 150
 
 
 def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs:
@@ -90,6 +98,29 @@ def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs
             raise CheckpointError(f"--{key.replace('_', '-')} {given[key]} does not match the "
                                   f"checkpoint ({saved.get(key)}); leave it out to resume")
     return TrainArgs(**{**saved, **given})
+
+
+def check_schedule(args: TrainArgs, total: int) -> None:
+    """Validate the schedule and fill the defaults that depend on the run's length."""
+    if args.warmup is None:
+        args.warmup = max(1, min(DEFAULT_WARMUP, total // 2))
+    if args.warmup < 1:
+        raise ConfigError(f"--warmup must be at least 1, got {args.warmup}")
+    c = args.curriculum
+    if c and not (len(c) == 2 and 0 <= c[0] <= c[1] <= 1):
+        raise ConfigError(f"--curriculum needs START,END with 0 <= START <= END <= 1 (fractions "
+                          f"of the run), or off; got {c}")
+
+
+def teacher_weight_at(step: int, args: TrainArgs, total: int) -> float:
+    """Weight of the encoder states in the level >= 2 decoders' inputs at `step`: 1 until
+    curriculum[0] of the run, then linearly down to 0 (the paper's form) at curriculum[1]."""
+    start, end = (f * total for f in args.curriculum)
+    if step < start:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return 1.0 - (step - start) / (end - start)
 
 
 def lr_at(step: int, args: TrainArgs, total: int) -> float:
@@ -290,6 +321,9 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
     tokens_per_step = args.batch_size * args.seq_len
     flops_per_token = training_flops_per_token(config, args.seq_len)
     steps = total_steps(args, tokens_per_step, flops_per_token)
+    check_schedule(args, steps)
+    curriculum = bool(args.curriculum) and isinstance(model, PhotonLM) and \
+        config.n_levels > 1 and not config.latent_teacher_forcing
 
     sampler = WindowSampler(len(train_tokens), args.seq_len, args.seed)
     optimizer = _optimizer(model, args)
@@ -340,6 +374,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
         lr = lr_at(step, args, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        teacher = {"teacher_weight": teacher_weight_at(step, args, steps)} if curriculum else {}
         starts = sampler.next(args.batch_size)
         mine = starts[ctx.rank * micro * accum:(ctx.rank + 1) * micro * accum]
         loss_sum = token_sum = 0.0
@@ -348,7 +383,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             x = x.to(ctx.device)
             sync = i == accum - 1 or ctx.world == 1
             with parallel.gradient_sync(net, model, sync), autocast():
-                out_ = net(x, labels=x)
+                out_ = net(x, labels=x, **teacher)
                 (out_.loss / accum).backward()
             loss_sum += out_.loss.item()
             token_sum += out_.losses["token"].item()
@@ -365,7 +400,7 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
             last = {"step": step, "tokens": step * tokens_per_step,
                     "flops": step * tokens_per_step * flops_per_token, "loss": loss,
                     "token_loss": token, "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": speed, "elapsed_s": now - started}
+                    "tokens_per_s": speed, "elapsed_s": now - started, **teacher}
             log(last)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
         bar.update(1)

@@ -197,6 +197,7 @@ def _build_presets() -> dict[str, ModelConfig]:
     small = presets["photon-small"]
     presets["photon-small-2x2"] = small.replace(chunk_sizes=(2, 2))
     presets["photon-small-A"] = small.replace(variant="A")
+    presets["photon-small-tf"] = small.replace(latent_teacher_forcing=True)
     return presets
 
 

@@ -61,16 +61,22 @@ def test_cpu_trios_match_in_size(size):
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_causality(kind):
+@pytest.mark.parametrize("teacher_weight", [None, 0.5])
+def test_causality(kind, teacher_weight):
+    """Also halfway through the latent curriculum, which mixes encoder states into the
+    level >= 2 decoders' inputs."""
     model = make(kind)
+    if teacher_weight is not None and not isinstance(model, photon.PhotonLM):
+        pytest.skip("the curriculum weight is PHOTON's")
+    extra = {} if teacher_weight is None else {"teacher_weight": teacher_weight}
     T = 45
     ids = torch.randint(0, 256, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        base = model(ids).logits
+        base = model(ids, **extra).logits
         for k in (0, 7, 16, 31, 44):
             changed = ids.clone()
             changed[:, k] = (changed[:, k] + 1) % 256
-            out = model(changed).logits
+            out = model(changed, **extra).logits
             assert torch.equal(out[:, :k], base[:, :k]), f"token {k} leaked backwards"
             assert not torch.allclose(out[:, k:], base[:, k:]), f"token {k} is never used"
 

@@ -136,3 +136,24 @@ def test_empty_prompt_starts_a_document_when_there_is_an_eos():
     from photon.inference.generate import generate_text
 
     assert len(generate_text(model, tok, [""], 4)) == 1
+
+
+def test_probe_cli(checkpoint, capsys, tmp_path):
+    """photon probe on a random-init PHOTON: every number is there, and a top stream that
+    was never trained does not pass for one that is read."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Line {i}: the quick brown fox jumps over it.\n"
+                              for i in range(3000)))
+    plot = tmp_path / "probe.png"
+    assert cli_main(["probe", str(checkpoint), "--data", str(corpus), "--windows", "4",
+                     "--seq-len", "64", "--plot", str(plot), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert len(report["by_position"]["base"]) == report["meta_len"] == 16
+    assert set(report["chunk_first"]) == {"base", "zero", "swap", "unigram"}
+    assert len(report["state_variance"]) == 2 and report["recgen"]["recgen"] > 0
+    assert not report["reads_top_stream"] and "does NOT read" in out
+    assert plot.stat().st_size > 1000
+    flat = save_checkpoint(tmp_path / "flat", make("vanilla"), Tokenizer.bytes())
+    assert cli_main(["probe", str(flat), "--data", str(corpus)]) == 2
+    assert "flat Transformer" in capsys.readouterr().err

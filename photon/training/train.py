@@ -366,6 +366,16 @@ def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[
         ctx.barrier()
         return path
 
+    if ctx.main:
+        params = sum(p.numel() for p in model.parameters())
+        schedule = f"lr {args.lr:g}, warm-up {args.warmup}" + (
+            f", latent curriculum {args.curriculum[0]:g}-{args.curriculum[1]:g}"
+            if curriculum else "")
+        print(f"{args.preset} ({params / 1e6:.2f}M parameters) on {args.data}: "
+              f"{len(train_tokens):,} training tokens; {steps} steps of {args.batch_size} x "
+              f"{args.seq_len} tokens ({steps * tokens_per_step * flops_per_token:.3g} FLOPs); "
+              f"{schedule}; {str(dtype).removeprefix('torch.')} on {ctx.device} x {ctx.world}",
+              flush=True)
     bar = tqdm(total=steps, initial=step, disable=not ctx.main, unit="step", dynamic_ncols=True,
                mininterval=1.0)
     path, last = None, {}

@@ -105,6 +105,13 @@ class ChunkProjection(nn.Module):
         return self.proj(self.norm(x))
 
 
+def chunks_of(x: Tensor, n: int, C: int) -> Tensor:
+    """Positions 0..n*C-1 of a stream x [B, M, W] as n chunks per sequence, [B*n, C, W];
+    positions past M (which no prediction reads) are zeros."""
+    x = F.pad(x, (0, 0, 0, max(n * C - x.shape[1], 0)))
+    return x[:, :n * C].reshape(-1, C, x.shape[-1])
+
+
 def shift_right(x: Tensor, first: Tensor | None = None) -> Tensor:
     """Prepend `first` (default: the zero start latent) and drop the last position, so
     chunk g is conditioned on position g-1 only."""
@@ -184,8 +191,7 @@ class PhotonLM(GenerationMixin, nn.Module):
         B, N, D = cond.shape
         C = self.config.chunk_sizes[level - 1]
         if teacher is not None:
-            teacher = F.pad(teacher, (0, 0, 0, max(N * C - teacher.shape[1], 0)))
-            teacher = teacher[:, :N * C].reshape(B * N, C, D)
+            teacher = chunks_of(teacher, N, C)
         x = self.conditioning(level, cond)
         cache = LocalKVCache(self.config.n_cond + C)
         outputs = []
@@ -196,23 +202,15 @@ class PhotonLM(GenerationMixin, nn.Module):
                 x = torch.lerp(x, teacher[:, j:j + 1].to(x.dtype), teacher_weight)
         return torch.cat(outputs, dim=1).view(B, N * C, D)
 
-    def decode_latents_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
-        """X̂^(l-1) [B, N*C_l, D] with the local decoder teacher-forced: after the R
-        conditioning vectors it reads the encoder states X^(l-1) of the chunk's earlier
-        positions (`inputs` [B, >= N*C_l - 1, D]), as the token decoder reads earlier tokens.
-        """
-        B, N, D = cond.shape
-        inputs = F.pad(inputs, (0, 0, 0, max(N * self.config.chunk_sizes[level - 1]
-                                             - inputs.shape[1], 0)))
-        return self._local_forced(level, cond, inputs)
-
-    def _local_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
-        """Run local decoder `level` over [U_1..U_R; inputs of the chunk but its last] for
-        every chunk at once: [B, N, D] conditioning, [B, >= N*C, D] inputs -> [B, N*C, D]."""
+    def decode_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
+        """Local decoder `level` teacher-forced, every chunk at once: it reads the R
+        conditioning vectors of each chunk's latent (cond [B, N, D]), then the inputs of the
+        chunk's earlier positions (`inputs` [B, >= N*C - 1, W]: token embeddings at level 1,
+        encoder states X^(l-1) above). Returns the output of every position, [B, N*C, D]."""
         B, N, D = cond.shape
         R, C = self.config.n_cond, self.config.chunk_sizes[level - 1]
         u = self.conditioning(level, cond)
-        y = inputs[:, :N * C].reshape(B * N, C, -1)[:, :C - 1]
+        y = chunks_of(inputs, N, C)[:, :C - 1]
         h = self.decoders[level - 1](torch.cat((u, y.to(u.dtype)), dim=1))[:, R - 1:]
         return h.reshape(B, N * C, D)
 
@@ -238,7 +236,7 @@ class PhotonLM(GenerationMixin, nn.Module):
         cond, recons = top_cond, []
         for i, level in enumerate(range(self.config.n_levels, 1, -1)):
             if teacher_weight == 1.0:  # every input known: all positions in one pass
-                latents = self.decode_latents_forced(level, cond, states[level - 2])
+                latents = self.decode_forced(level, cond, states[level - 2])
             else:
                 teacher = states[level - 2] if teacher_weight > 0 else None
                 latents = self.decode_latents(level, cond, teacher, teacher_weight)
@@ -251,7 +249,7 @@ class PhotonLM(GenerationMixin, nn.Module):
 
     def decode_tokens(self, cond: Tensor, input_ids: Tensor) -> Tensor:
         """Teacher-forced token decoder: hidden states [B, N*C_1, D] predicting each token."""
-        return self._local_forced(1, cond, self.dec_embed(input_ids))
+        return self.decode_forced(1, cond, self.dec_embed(input_ids))
 
     @staticmethod
     def reconstruction_loss(recons: list[Tensor], states: list[Tensor]) -> Tensor:

@@ -10,10 +10,10 @@ the paper's protocol, and plots TPM against bpb with the Pareto frontier.
     python scripts/tradeoff.py --flops 1e14 --models block-small photon-small --no-bench
     python scripts/tradeoff.py --quick                       # tiny presets, a smoke test
 
-Finished trainings are reused: rerunning skips to evaluation. `--train-jobs N` trains N
-models at once with the cores split between them (their wall times then say nothing about
-speed; the benchmark always runs alone). Results go to OUT/results.json, OUT/tradeoff_DE.png,
-OUT/tradeoff_PF.png, and a Markdown table on stdout.
+Finished trainings are reused and killed ones resume: rerunning skips to evaluation.
+`--train-jobs N` trains N models at once with the cores split between them (their wall times
+then say nothing about speed; the benchmark always runs alone). Results go to
+OUT/results.json, OUT/tradeoff_DE.png, OUT/tradeoff_PF.png, and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def train(preset: str, out: Path, flops: float, extra: list[str], threads: int |
         return json.loads(summary.read_text())
     cmd = [sys.executable, "-m", "photon.cli", "train", "--preset", preset, "--flops",
            str(flops), "--out", str(out), "--json", *extra]
+    if any(out.glob("step-*")):  # a killed training continues where it stopped
+        cmd += ["--resume", str(out)]
     print("$", " ".join(cmd[2:]), flush=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.monotonic()

@@ -24,7 +24,7 @@ import os
 import random
 from pathlib import Path
 
-from photon.data.corpus import SHAKESPEARE, document_blocks, resolve_corpus
+from photon.data.corpus import SHAKESPEARE, resolve_corpus, split_documents
 from photon.errors import DataError
 
 MC_TASK, GEN_TASK, PPL_TASK = "shakespeare_mc", "shakespeare_gen", "shakespeare_ppl"
@@ -40,7 +40,7 @@ def _plays(corpus: str | Path) -> list[tuple[str, list[str]]]:
     """(name, lines) of the validation part of every document of `corpus`."""
     plays = []
     for path in resolve_corpus(corpus):
-        text = "".join(document_blocks(path, "val"))
+        text = "".join(split_documents(path, "val"))
         if text.strip():
             plays.append((path.stem.removesuffix("_gut"), text.split("\n")))
     return plays

@@ -79,10 +79,10 @@ def mixed_bodies(count: int, prompt_len: int, gen_len: int, vocab: int, seed: in
     return bodies
 
 
-def serve(ckpt: Path, mode: str, args) -> ServerProcess:
+def serve(ckpt: Path, mode: str, args, *extra: str) -> ServerProcess:
     threads = ["--threads", str(args.threads)] if args.threads else []
     return ServerProcess(ckpt, "--model-name", "m", "--mode", mode, "--memory-budget",
-                         str(args.budget_gib), *threads)
+                         str(args.budget_gib), *threads, *extra)
 
 
 def load_phase(ckpt: Path, vocab: int, args) -> dict:
@@ -105,7 +105,11 @@ def server_metrics(url: str) -> dict[str, float]:
 def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
     """Slots at the budget; served tokens/s with them kept full (FILL x slots requests), end
     to end and over the turns with every slot busy; the decoder alone at that batch."""
-    with serve(ckpt, mode, args) as server:
+    # Every request waits in the queue rather than being refused (429), and a step admits
+    # up to --prefill-tokens of prompts: the server's default (8,192: 128 prompts of 64) caps
+    # PHOTON, whose requests live 8 steps, at 1,024 running sequences.
+    with serve(ckpt, mode, args, "--max-queue", str(1 << 20),
+               "--prefill-tokens", str(args.prefill_tokens)) as server:
         slots = httpx.get(f"{server.url}/health").json()["slots"]
         bodies = fixed_bodies(args.fill * slots, args.prompt_len, args.gen_len, vocab)
         result = run_load(server.url, bodies, concurrency=len(bodies), timeout=args.timeout,
@@ -120,7 +124,7 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
                                                    args.gen_len)
         decoder = max(decoder, slots * args.gen_len / (total_s - prefill_s))
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
-            "lost": result.lost, "server_errors": result.server_errors,
+            "lost": result.lost, "server_errors": result.server_errors, "status": result.status,
             "p50_s": result.p50_s, "p99_s": result.p99_s,
             "served_tokens_per_s": result.tokens_per_s, "full_batch_tokens_per_s": full,
             "full_batch_seconds": m["photon_full_batch_seconds_total"],
@@ -153,6 +157,9 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=128, help="tokens to generate")
     parser.add_argument("--fill", type=int, default=2,
                         help="requests per slot when keeping the slots full")
+    parser.add_argument("--prefill-tokens", type=int, default=65536,
+                        help="the compared servers' --prefill-tokens: prompt tokens admitted "
+                             "per step, enough to fill the slots within a request's lifetime")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of the decoder benchmark; the fastest counts")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per request")
@@ -195,6 +202,7 @@ def main() -> None:
             print(f"compare: {name} ({label}) at {args.budget_gib} GiB ...", flush=True)
             rows.append(compare_phase(name, ckpt, mode, tokenizer.vocab_size, args))
             rows[-1]["mode"] = label
+            print(f"  status {rows[-1]['status']}, {rows[-1]['lost']} lost", flush=True)
     print(table(rows))
     results = {**env, "args": vars(args), "load": load, "compare": rows,
                "wall_s": time.monotonic() - started}

@@ -31,6 +31,7 @@ from photon.integrations.tasks import (  # noqa: E402
     GEN_TASK,
     MC_TASK,
     PPL_TASK,
+    cloze_items,
     mc_items,
     ppl_documents,
     write_tasks,
@@ -224,6 +225,24 @@ def test_task_items_are_fair_and_fixed():
     size = [[len(c.encode()) for c in it["choices"]] for it in items]
     shortest = sum(s.index(min(s)) == it["label"] for s, it in zip(size, items, strict=True))
     assert abs(shortest / len(items) - 0.25) < 0.03
+
+
+def test_cloze_items_cut_the_true_line():
+    """Each cloze item is its MC item cut inside the line to predict: passage + true tail is
+    MC passage + newline + true line; every tail is a proper part of its line; length still
+    says nothing about the answer."""
+    mc = mc_items(n_items=500)
+    cloze = cloze_items(mc)
+    for m, c in zip(mc, cloze, strict=True):
+        assert c["label"] == m["label"]
+        truth = m["choices"][m["label"]]
+        assert c["passage"] + c["choices"][c["label"]] == f"{m['passage']}\n{truth}"
+        for line, tail in zip(m["choices"], c["choices"], strict=True):
+            head = line[:len(line) - len(tail)]
+            assert line.endswith(tail) and tail.startswith(" ") and head.strip()
+    size = [[len(t) for t in it["choices"]] for it in cloze]
+    shortest = sum(s.index(min(s)) == it["label"] for s, it in zip(size, cloze, strict=True))
+    assert abs(shortest / len(cloze) - 0.25) < 0.06
 
 
 def test_cli_defaults_and_errors(checkpoints, tasks_dir, capsys):

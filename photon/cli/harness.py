@@ -77,6 +77,8 @@ Every flag but the three options below goes to the harness unchanged.
 Local tasks, written into --tasks-dir from the held-out part of every Shakespeare play:
   shakespeare_mc   given a passage, pick its true next line among four (the others: lines
                    of about the same length from other plays); acc, acc_norm; chance 25 %
+  shakespeare_cloze  the same items cut inside the true line: pick its second half among
+                   the second halves of the four lines; acc, acc_norm; chance 25 %
   shakespeare_gen  write that next line (greedy, until a line break); exact_match
   shakespeare_ppl  rolling log-likelihood of each play's text, in `photon eval`'s windows;
                    word/byte perplexity, bits_per_byte

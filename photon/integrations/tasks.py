@@ -7,6 +7,11 @@
   its own probability and is at chance (25 %) in expectation, as the true and the
   distracting lines come from the same distribution; beating chance means reading the
   passage. Metrics: acc (summed log-likelihood) and acc_norm (per byte).
+- `shakespeare_cloze` (multiple choice): the same items, cut inside the line to predict: the
+  passage goes on with the first half of the true line (up to the space nearest its middle)
+  and the choices are the second halves of the four lines. Grammar and sense across the cut
+  tell the true half, so a model that has learnt the language, not only its statistics,
+  beats chance here before it can on `shakespeare_mc`.
 - `shakespeare_gen` (generation): the same passages; the model writes the next line,
   stopping at a line break; exact match against the true line.
 - `shakespeare_ppl` (rolling log-likelihood): every play's held-out text as one document;
@@ -27,13 +32,14 @@ from pathlib import Path
 from photon.data.corpus import SHAKESPEARE, resolve_corpus, split_documents
 from photon.errors import DataError
 
-MC_TASK, GEN_TASK, PPL_TASK = "shakespeare_mc", "shakespeare_gen", "shakespeare_ppl"
-TASKS = (MC_TASK, GEN_TASK, PPL_TASK)
+MC_TASK, CLOZE_TASK = "shakespeare_mc", "shakespeare_cloze"
+GEN_TASK, PPL_TASK = "shakespeare_gen", "shakespeare_ppl"
+TASKS = (MC_TASK, CLOZE_TASK, GEN_TASK, PPL_TASK)
 CONTEXT_LINES = 8  # lines of the play before the line to predict (blank lines included)
 MIN_WORDS = 4  # candidate lines: verse or prose, not speaker headings like "KING HENRY."
 N_CHOICES = 4
 LENGTH_TOLERANCE = 0.2  # distractors are within 20 % of the true line's length in bytes
-VERSION = 1  # bump when the items change, so results are never compared across versions
+VERSION = 2  # bump when the items change, so results are never compared across versions
 
 
 def _plays(corpus: str | Path) -> list[tuple[str, list[str]]]:
@@ -109,6 +115,27 @@ def mc_items(corpus: str | Path = SHAKESPEARE, n_items: int = 2000, seed: int = 
                     f"in other documents to be items; {n_items} asked for")
 
 
+def cut(line: str) -> tuple[str, str]:
+    """(head, tail) of a line split at the space nearest its middle (past its first word);
+    the tail starts with that space, so head + tail is the line."""
+    first_word = len(line) - len(line.lstrip())
+    first_word = line.find(" ", first_word)
+    spaces = [i for i in range(max(first_word, 0), len(line)) if line[i] == " "]
+    i = min(spaces, key=lambda i: abs(i - len(line) / 2))
+    return line[:i], line[i:]
+
+
+def cloze_items(mc: list[dict]) -> list[dict]:
+    """`mc_items` cut inside the line to predict: the passage ends with the true line's head,
+    and the choices are the tails of the four lines."""
+    items = []
+    for item in mc:
+        head = cut(item["choices"][item["label"]])[0]
+        items.append({**item, "passage": f"{item['passage']}\n{head}",
+                      "choices": [cut(c)[1] for c in item["choices"]]})
+    return items
+
+
 def ppl_documents(corpus: str | Path = SHAKESPEARE) -> list[dict]:
     """Every document's held-out text: {"play", "text"}."""
     return [{"play": name, "text": "\n".join(lines)} for name, lines in _plays(corpus)]
@@ -130,7 +157,7 @@ _MC = """output_type: multiple_choice
 doc_to_text: passage
 doc_to_choice: choices
 doc_to_target: label
-target_delimiter: "\\n"
+target_delimiter: "{delimiter}"
 metric_list:
   - metric: acc
     aggregation: mean
@@ -172,13 +199,17 @@ def _write(path: Path, text: str) -> None:
 
 def write_tasks(folder: str | Path, n_items: int = 2000, seed: int = 0,
                 corpus: str | Path = SHAKESPEARE) -> Path:
-    """Write the three tasks' JSONL data and YAML configs into `folder`; returns it (give it
+    """Write the four tasks' JSONL data and YAML configs into `folder`; returns it (give it
     to the harness as `--include_path`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    mc, ppl = folder / f"{MC_TASK}.jsonl", folder / f"{PPL_TASK}.jsonl"
-    _write(mc, "".join(json.dumps(x) + "\n" for x in mc_items(corpus, n_items, seed)))
+    mc, cloze, ppl = (folder / f"{task}.jsonl" for task in (MC_TASK, CLOZE_TASK, PPL_TASK))
+    items = mc_items(corpus, n_items, seed)
+    _write(mc, "".join(json.dumps(x) + "\n" for x in items))
+    _write(cloze, "".join(json.dumps(x) + "\n" for x in cloze_items(items)))
     _write(ppl, "".join(json.dumps(x) + "\n" for x in ppl_documents(corpus)))
-    for task, data, body in ((MC_TASK, mc, _MC), (GEN_TASK, mc, _GEN), (PPL_TASK, ppl, _PPL)):
+    for task, data, body in ((MC_TASK, mc, _MC.format(delimiter="\\n")),
+                             (CLOZE_TASK, cloze, _MC.format(delimiter="")),
+                             (GEN_TASK, mc, _GEN), (PPL_TASK, ppl, _PPL)):
         _write(folder / f"{task}.yaml", _yaml(task, data, body, n_items, seed))
     return folder

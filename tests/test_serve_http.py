@@ -256,26 +256,32 @@ def test_sigterm_drains(narrow):
     timeout (3 s for 16,000 tokens) is answered with an error event; the process exits by
     itself, as uvicorn does, by the signal it drained for."""
     url = f"{narrow.url}/v1/completions"
-    results = {}
+    results = {"short": [], "long": []}
+    streaming = {name: threading.Event() for name in results}
 
     def read(name: str, max_tokens: int) -> None:
         body = {"model": "flat", "prompt": name, "max_tokens": max_tokens, "stream": True,
                 "stream_options": {"include_usage": True}}
         with httpx.stream("POST", url, json=body, timeout=120) as r:
-            results[name] = [line for line in r.iter_lines() if line]
+            for line in r.iter_lines():
+                if line:
+                    results[name].append(line)
+                    streaming[name].set()
 
-    threads = [threading.Thread(target=read, args=a) for a in (("short", 150),
+    threads = [threading.Thread(target=read, args=a) for a in (("short", 300),
                                                                 ("long", 16000))]
     for t in threads:
         t.start()
-    wait_for(lambda: metric(narrow, "photon_running_sequences") == 2)
+    # Both have produced tokens (polling the running gauge instead can miss the moment both
+    # run on a fast machine, where the short one is done within a few polls).
+    assert all(event.wait(60) for event in streaming.values())
     narrow.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
     assert narrow.proc.wait(60) == -signal.SIGTERM
     short = [json.loads(e[6:]) for e in results["short"][:-1]]
     assert short[-2]["choices"][0]["finish_reason"] == "length"
-    assert short[-1]["usage"]["completion_tokens"] == 150
+    assert short[-1]["usage"]["completion_tokens"] == 300
     long = results["long"]
     assert long[-1] == "data: [DONE]"
     assert json.loads(long[-2][6:])["error"]["message"] == "the server is shutting down"

@@ -24,15 +24,11 @@ import lm_eval
 from lm_eval.tasks import TaskManager
 
 import photon.integrations.lm_eval  # noqa: F401  (registers the harness model "photon")
+from photon.bench import modes_of
 from photon.checkpoint import load_model, resolve_checkpoint
 from photon.data.corpus import cache_dir
 from photon.integrations.tasks import CLOZE_TASK, MC_TASK, PPL_TASK, write_tasks
-from photon.model.lm import Model, PhotonLM, count_parameters
-
-
-def modes_of(model: Model) -> list[str]:
-    levels = model.config.n_levels if isinstance(model, PhotonLM) else 0
-    return ["hiergen", "recgen"] if levels >= 2 else ["hiergen"]
+from photon.model.lm import count_parameters
 
 
 def score(run: str, mode: str, tasks: TaskManager, args: argparse.Namespace) -> dict:
@@ -84,7 +80,8 @@ def main() -> None:
     for run in args.runs:
         model, _ = load_model(run)
         params = count_parameters(model.config)[0]
-        rows += [{**score(run, mode, tasks, args), "params": params} for mode in modes_of(model)]
+        rows += [{**score(run, mode, tasks, args), "params": params}
+                 for mode in modes_of(model, ["hiergen", "recgen"])]
     print(table(rows))
     if args.limit:
         print(f"(--limit {args.limit}: a subset, not the task's result)")

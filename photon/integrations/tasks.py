@@ -118,9 +118,8 @@ def mc_items(corpus: str | Path = SHAKESPEARE, n_items: int = 2000, seed: int = 
 def cut(line: str) -> tuple[str, str]:
     """(head, tail) of a line split at the space nearest its middle (past its first word);
     the tail starts with that space, so head + tail is the line."""
-    first_word = len(line) - len(line.lstrip())
-    first_word = line.find(" ", first_word)
-    spaces = [i for i in range(max(first_word, 0), len(line)) if line[i] == " "]
+    after_first_word = line.find(" ", len(line) - len(line.lstrip()))
+    spaces = [i for i in range(after_first_word, len(line)) if line[i] == " "]
     i = min(spaces, key=lambda i: abs(i - len(line) / 2))
     return line[:i], line[i:]
 

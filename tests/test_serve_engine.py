@@ -9,7 +9,14 @@ import torch
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
-from photon.serve.engine import Engine, Output, Request, ShuttingDownError, slots_for_budget
+from photon.serve.engine import (
+    Engine,
+    Output,
+    QueueFullError,
+    Request,
+    ShuttingDownError,
+    slots_for_budget,
+)
 from photon.serve.sampling import SamplingParams
 from photon.serve.text import TextStream
 from tests.test_model import make
@@ -204,6 +211,18 @@ def test_requests_that_cannot_run_are_refused(engine_of):
             engine.submit([bad])
     (ok,), = serve(engine, [Request([1] * 29, 3)])  # exactly fills a sequence
     assert len(ok.token_ids) == 3
+
+
+def test_the_queue_limit_counts_only_requests_that_wait_for_a_slot():
+    """Requests that free slots take at the next step boundary are not queued: with 2 free
+    slots and --max-queue 1, three requests are accepted (two will run, one waits) and the
+    fourth is refused. The engine is not started, so nothing is admitted meanwhile."""
+    engine = Engine(make("vanilla"), Tokenizer.bytes(), slots=2, max_len=32, max_queue=1)
+    engine.submit([Request([1], 3), Request([2], 3)])
+    engine.submit([Request([3], 3)])
+    with pytest.raises(QueueFullError, match="2 slots free, at most 1 may wait"):
+        engine.submit([Request([4], 3)])
+    assert len(engine.waiting) == 3
 
 
 def test_admit_refuses_more_than_the_free_slots():

@@ -211,9 +211,13 @@ class Engine:
         with self._cv:
             if self._drain_deadline is not None or self._stop:
                 raise ShuttingDownError(SHUTTING_DOWN)
-            if len(self.waiting) + len(requests) > self.max_queue:
-                raise QueueFullError(f"the queue is full ({len(self.waiting)} requests wait "
-                                     f"for a slot, at most {self.max_queue})")
+            # Requests that free slots will take at the next step boundary do not wait for
+            # a slot (the count is a step old at most: the engine thread owns it).
+            free = self.decoder.free_slots
+            if len(self.waiting) + len(requests) - free > self.max_queue:
+                raise QueueFullError(f"the queue is full ({len(self.waiting)} requests wait, "
+                                     f"{free} slots free, at most {self.max_queue} may wait "
+                                     f"for a slot)")
             self.waiting.extend(requests)
             self._cv.notify()
 

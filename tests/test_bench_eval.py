@@ -152,6 +152,10 @@ def test_probe_cli(checkpoint, capsys, tmp_path):
     assert len(report["by_position"]["base"]) == report["meta_len"] == 16
     assert set(report["chunk_first"]) == {"base", "zero", "swap", "unigram"}
     assert len(report["state_variance"]) == 2 and report["recgen"]["recgen"] > 0
+    for key in ("hiergen", "recgen"):  # the by-position losses average to the totals
+        by_position = report["recgen_by_position"][key]
+        assert len(by_position) == 16
+        assert abs(sum(by_position) / 16 - report["recgen"][key]) < 1e-6
     assert not report["reads_top_stream"] and "does NOT read" in out
     assert plot.stat().st_size > 1000
     flat = save_checkpoint(tmp_path / "flat", make("vanilla"), Tokenizer.bytes())

@@ -14,7 +14,10 @@ unigram level, and its loss does not change when the top states are altered. The
 - encoder-state variance across positions over the mean square, per level (near 0: the
   states have collapsed to one vector and carry nothing);
 - for L >= 2, the loss under RecGen (top stream advanced by the decoder's reconstructions)
-  next to HierGen's on the same tokens.
+  next to HierGen's on the same tokens, also by position in the meta-context. RecGen's top
+  stream never sees a token after the prompt (the reconstructions are decoded before the
+  tokens they stand for), so its loss rises most where the model reads the newest real
+  tokens through the top stream: the first token of a meta-context.
 
 Only meta-contexts with a real top state (g >= 1) are counted: the first one of a window is
 predicted from the start latent and is the same under every ablation.
@@ -96,6 +99,7 @@ class ProbeReport:
     chunk_first: dict[str, float]  # base / zero / swap / unigram over chunk-first tokens
     state_variance: list[float]  # per level, bottom-up
     recgen: dict[str, float] = field(default_factory=dict)  # hiergen / recgen, scored half
+    recgen_by_position: dict[str, list[float]] = field(default_factory=dict)  # the same
 
     @property
     def reads_top_stream(self) -> bool:
@@ -128,6 +132,9 @@ class ProbeReport:
             r = self.recgen
             lines.append(f"second half of each window: HierGen {r['hiergen']:.4f}, RecGen "
                          f"{r['recgen']:.4f} ({r['recgen'] / r['hiergen'] - 1:+.2%})")
+            rp = self.recgen_by_position
+            lines.append("RecGen - HierGen by position (nats): " + " ".join(
+                f"{b - a:+.3f}" for a, b in zip(rp["hiergen"], rp["recgen"], strict=True)))
         verdict = "reads its top stream" if self.reads_top_stream else \
             "does NOT read its top stream (chunk-first tokens at the unigram level or " \
             "unaffected by a swap)"
@@ -163,7 +170,7 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
     ids_all = _windows(tokens, length, windows)
     sums = {k: torch.zeros(P, dtype=torch.float64) for k in ("base", "zero", "swap", "unigram")}
     count = 0
-    rec = {"hiergen": 0.0, "recgen": 0.0}
+    rec = {k: torch.zeros(P, dtype=torch.float64) for k in ("hiergen", "recgen")}
     states_all: list[list[Tensor]] = []
     batches = [ids_all[i:i + batch_size] for i in range(0, len(ids_all), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # fold a lone last window into the batch
@@ -180,19 +187,22 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
         if recgen and c.n_levels >= 2:
             half = length // 2 // P * P
             seq = sequential_logits(model, ids, half, "recgen")
-            rec["recgen"] += nll(seq, ids)[:, half - 1:].double().sum().item()
-            rec["hiergen"] += losses["base"][:, half - 1:].double().sum().item()
+            for key, value in (("recgen", nll(seq, ids)), ("hiergen", losses["base"])):
+                rec[key] += value[:, half - 1:].double().reshape(len(ids), -1, P).sum((0, 1)).cpu()
     by_position = {k: (v / count).tolist() for k, v in sums.items()}
     first = {k: float(np.mean(v[::C])) for k, v in by_position.items()}
     mean = {k: float(np.mean(v)) for k, v in by_position.items()}
     levels = [torch.cat([s[level] for s in states_all]) for level in range(c.n_levels)]
-    scored = len(ids_all) * (length - length // 2 // P * P)
+    rec_count = len(ids_all) * (length - length // 2 // P * P) // P
+    has_recgen = recgen and c.n_levels >= 2
     return ProbeReport(
         meta_len=P, chunk=C, windows=len(ids_all), tokens=count * P, by_position=by_position,
         loss=mean["base"], zero_delta=mean["zero"] - mean["base"],
         swap_delta=mean["swap"] - mean["base"], chunk_first=first,
         state_variance=state_variance(levels),
-        recgen={k: v / scored for k, v in rec.items()} if recgen and c.n_levels >= 2 else {})
+        recgen={k: v.sum().item() / (rec_count * P) for k, v in rec.items()} if has_recgen else {},
+        recgen_by_position={k: (v / rec_count).tolist() for k, v in rec.items()}
+        if has_recgen else {})
 
 
 def plot_report(report: ProbeReport, path: str, title: str = "") -> None:

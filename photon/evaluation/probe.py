@@ -98,8 +98,13 @@ class ProbeReport:
     swap_delta: float
     chunk_first: dict[str, float]  # base / zero / swap / unigram over chunk-first tokens
     state_variance: list[float]  # per level, bottom-up
-    recgen: dict[str, float] = field(default_factory=dict)  # hiergen / recgen, scored half
-    recgen_by_position: dict[str, list[float]] = field(default_factory=dict)  # the same
+    # hiergen / recgen losses by position over the scored half of each window (L >= 2)
+    recgen_by_position: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def recgen(self) -> dict[str, float]:
+        """HierGen and RecGen mean losses over the scored half (empty for L = 1)."""
+        return {k: float(np.mean(v)) for k, v in self.recgen_by_position.items()}
 
     @property
     def reads_top_stream(self) -> bool:
@@ -108,7 +113,7 @@ class ProbeReport:
         return cf["base"] < cf["unigram"] - 0.1 and cf["swap"] - cf["base"] > 0.1
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "reads_top_stream": self.reads_top_stream}
+        return {**asdict(self), "recgen": self.recgen, "reads_top_stream": self.reads_top_stream}
 
     def format(self) -> str:
         cf, P = self.chunk_first, self.meta_len
@@ -170,6 +175,8 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
     ids_all = _windows(tokens, length, windows)
     sums = {k: torch.zeros(P, dtype=torch.float64) for k in ("base", "zero", "swap", "unigram")}
     count = 0
+    has_recgen = recgen and c.n_levels >= 2
+    half = length // 2 // P * P  # RecGen takes over the top stream from here on
     rec = {k: torch.zeros(P, dtype=torch.float64) for k in ("hiergen", "recgen")}
     states_all: list[list[Tensor]] = []
     batches = [ids_all[i:i + batch_size] for i in range(0, len(ids_all), batch_size)]
@@ -184,8 +191,7 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
             sums[key] += value[:, P - 1:].double().reshape(len(ids), -1, P).sum((0, 1)).cpu()
         count += len(ids) * (length // P - 1)
         states_all.append([s.cpu() for s in model.encode_prefix(ids)])
-        if recgen and c.n_levels >= 2:
-            half = length // 2 // P * P
+        if has_recgen:
             seq = sequential_logits(model, ids, half, "recgen")
             for key, value in (("recgen", nll(seq, ids)), ("hiergen", losses["base"])):
                 rec[key] += value[:, half - 1:].double().reshape(len(ids), -1, P).sum((0, 1)).cpu()
@@ -193,14 +199,12 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
     first = {k: float(np.mean(v[::C])) for k, v in by_position.items()}
     mean = {k: float(np.mean(v)) for k, v in by_position.items()}
     levels = [torch.cat([s[level] for s in states_all]) for level in range(c.n_levels)]
-    rec_count = len(ids_all) * (length - length // 2 // P * P) // P
-    has_recgen = recgen and c.n_levels >= 2
+    rec_count = len(ids_all) * (length - half) // P  # meta-contexts scored per position
     return ProbeReport(
         meta_len=P, chunk=C, windows=len(ids_all), tokens=count * P, by_position=by_position,
         loss=mean["base"], zero_delta=mean["zero"] - mean["base"],
         swap_delta=mean["swap"] - mean["base"], chunk_first=first,
         state_variance=state_variance(levels),
-        recgen={k: v.sum().item() / (rec_count * P) for k, v in rec.items()} if has_recgen else {},
         recgen_by_position={k: (v / rec_count).tolist() for k, v in rec.items()}
         if has_recgen else {})
 

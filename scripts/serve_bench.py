@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from photon import bench
 from photon.checkpoint import load_model, save_checkpoint
 from photon.data.corpus import get_tokenizer
+from photon.errors import PhotonError
 from photon.model.lm import build_model
 from photon.serve.loadtest import ServerProcess, run_load
 
@@ -237,7 +238,11 @@ def main() -> None:
     print("  ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
     started = time.monotonic()
-    load_ckpt = checkpoint(args.load_model, out)
+    try:  # every checkpoint first: a typo fails at once, not after minutes of load
+        load_ckpt = checkpoint(args.load_model, out)
+        compared = {name: checkpoint(name, out) for name in args.models}
+    except PhotonError as e:
+        parser.error(str(e))
     vocab = load_model(load_ckpt)[1].vocab_size
     print(f"load: {args.requests} concurrent requests to {args.load_model} ({args.load_mode}), "
           f"budget {args.budget_gib} GiB ...", flush=True)
@@ -248,8 +253,7 @@ def main() -> None:
           f"{load['slots']} slots, at most {load['peak_running']} running", flush=True)
 
     rows = []
-    for name in args.models:
-        ckpt = checkpoint(name, out)
+    for name, ckpt in compared.items():
         model, tokenizer = load_model(ckpt)
         for mode in bench.modes_of(model, args.modes.split(",")):
             label = mode if bench.kind_of(model) == "photon" else "-"

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import threading
+from typing import TYPE_CHECKING
 
 from photon.errors import InputError
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from photon.serve.engine import Engine
 
 GIB = 1024**3
 
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
                f"measured as photon bench does")
     engine = Engine(model, tokenizer, slots, max_len, mode=args.mode, max_queue=args.max_queue,
                     prefill_tokens=args.prefill_tokens, seed=args.seed)
-    app = create_app(engine, name, api_key)
+    app = create_app(engine, name, api_key, start_engine=False)
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -74,14 +82,40 @@ def run(args: argparse.Namespace) -> None:
           f"{', API key required' if api_key else ''}")
     print(f"listening on {url}  (OpenAI API at {url}/v1; Ctrl-C drains and stops)", flush=True)
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:  # Ctrl-C / SIGTERM: finish, then stop
-            engine.drain(args.drain_timeout)
-            super().handle_exit(sig, frame)
-
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                             timeout_graceful_shutdown=int(args.drain_timeout) + 5)
-    Server(config).run(sockets=[sock])
+    serve_forever(engine, uvicorn.Server(config), sock, args.drain_timeout)
+
+
+def serve_forever(engine: Engine, server: uvicorn.Server, sock: socket.socket,
+                  drain_timeout: float) -> None:
+    """HTTP on a thread, the engine's loop on this one (the main thread, which loaded the
+    model: see photon.serve.engine). Ctrl-C / SIGTERM drains: running requests get
+    `drain_timeout` seconds to finish, then the process ends by the signal, as uvicorn's own
+    handling would."""
+    received: list[int] = []
+
+    def on_signal(sig: int, frame) -> None:
+        received.append(sig)
+        engine.drain(drain_timeout)
+        server.handle_exit(sig, frame)  # a second Ctrl-C forces the exit
+
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:  # the app's shutdown stopped the engine, unless uvicorn never started
+            engine.shutdown()
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    http = threading.Thread(target=serve_http, name="photon-http")
+    http.start()
+    engine.run()
+    http.join()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    for sig in reversed(received):
+        signal.raise_signal(sig)
 
 
 def add_parser(verbs) -> None:

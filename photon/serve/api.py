@@ -40,12 +40,15 @@ from photon.serve.schema import APIError, CompletionRequest
 DISCONNECTED = object()  # put in a request's output queue when its client goes away
 
 
-def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The app; it starts the engine on startup and stops it on shutdown."""
+def create_app(engine: Engine, model_name: str, api_key: str | None = None,
+               start_engine: bool = True) -> FastAPI:
+    """The app; it starts the engine's loop on a thread of its own at startup (unless
+    `start_engine` is False: the caller runs it) and stops the engine at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
+        if start_engine:
+            engine.start()
         yield
         await asyncio.to_thread(engine.shutdown)
 

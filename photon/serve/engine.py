@@ -1,6 +1,6 @@
 """The continuous-batching engine behind `photon serve`.
 
-One background thread owns a decoder (`FlatDecoder`: one token per step; `PhotonDecoder`:
+One thread owns a decoder (`FlatDecoder`: one token per step; `PhotonDecoder`:
 one meta-context per step) whose preallocated caches have one row per slot. Each turn of its
 loop, at a decode-step boundary:
 1. sequences whose request was cancelled (the client went away) leave, freeing their slots;
@@ -13,6 +13,12 @@ loop, at a decode-step boundary:
 Nothing is allocated per step but activations: the caches are built once, for all slots.
 Requests talk to the engine through `submit` / `cancel` and a callback that receives an
 `Output`; the callback runs on the engine thread and must only hand the output on.
+
+`photon serve` gives the loop its main thread (`run`), the one that loaded the model, and
+serves HTTP from another. On the CPU, torch's OpenMP runtime (libgomp) throttles the
+spin-waiting of its worker threads as soon as the threads of all OpenMP teams outnumber the
+cores, and every thread that runs torch work gets a team of its own: a loop on a second
+thread made decoding ~10 % slower on 2 cores, its worker threads sleeping between kernels.
 """
 
 from __future__ import annotations
@@ -196,11 +202,12 @@ class Engine:
         self._cv = threading.Condition()
         self._drain_deadline: float | None = None
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="photon-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="photon-engine", daemon=True)
 
     # --- the interface, called from other threads ---------------------------------------------
 
     def start(self) -> None:
+        """Run the loop on a background thread."""
         self._thread.start()
 
     def submit(self, requests: list[Request]) -> None:
@@ -262,7 +269,8 @@ class Engine:
 
     # --- the loop, on the engine thread ---------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run the loop on the calling thread until `shutdown`."""
         with torch.inference_mode():
             while True:
                 with self._cv:

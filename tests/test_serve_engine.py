@@ -225,6 +225,25 @@ def test_the_queue_limit_counts_only_requests_that_wait_for_a_slot():
     assert len(engine.waiting) == 3
 
 
+def test_a_failing_loop_answers_everyone_and_stops(monkeypatch):
+    """A failure of the loop itself (not of a step, which is answered and survived): every
+    waiting request is answered with the error, no new one is taken, and run() raises."""
+    engine = Engine(make("vanilla"), Tokenizer.bytes(), slots=2, max_len=32)
+    answers = []
+    requests = [Request([1], 3, on_output=answers.append) for _ in range(3)]
+    engine.submit(requests)
+
+    def broken() -> list[Request]:
+        raise MemoryError("no memory")
+
+    monkeypatch.setattr(engine, "_next_joining", broken)
+    with pytest.raises(MemoryError):
+        engine.run()
+    assert [a.error for a in answers] == ["internal error: MemoryError('no memory')"] * 3
+    with pytest.raises(ShuttingDownError):
+        engine.submit([Request([1], 3)])
+
+
 def test_admit_refuses_more_than_the_free_slots():
     model = make("photon-B")
     engine = Engine(model, Tokenizer.bytes(), slots=2, max_len=64)

@@ -14,7 +14,10 @@ import torch
 
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
+from photon.cli.serve import serve_forever
 from photon.data.tokenizer import Tokenizer
+from photon.serve.engine import Engine
+from photon.serve.engine import Request as EngineRequest
 from photon.serve.loadtest import ServerProcess, run_load
 from tests.test_model import make
 
@@ -287,6 +290,57 @@ def test_sigterm_drains(narrow):
     assert json.loads(long[-2][6:])["error"]["message"] == "the server is shutting down"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{narrow.url}/health")
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The first Ctrl-C drains (here for up to 60 s), the second fails what runs and quits:
+    the process ends within seconds, by the interrupt (exit status 130)."""
+    ckpt = save_checkpoint(tmp_path / "flat", make("vanilla", max_seq_len=16384), TOK)
+    with ServerProcess(ckpt, "--max-batch", "2", "--drain-timeout", "60") as server:
+        body = {"model": "flat", "prompt": "a", "max_tokens": 16000, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)  # it runs
+            server.proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            assert server.proc.wait(30) == 130
+            assert time.monotonic() - started < 15
+
+
+class FakeHTTP:
+    """Stands in for uvicorn.Server in serve_forever: serves until told to exit, or fails
+    at startup as uvicorn does (SystemExit)."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.should_exit = fail, False
+
+    def run(self, sockets) -> None:
+        if self.fail:
+            raise SystemExit(3)
+        while not self.should_exit:
+            time.sleep(0.01)
+
+
+def test_a_failure_on_either_thread_stops_the_other(monkeypatch):
+    """serve_forever runs HTTP on a thread and the engine on this one: if HTTP fails, the
+    engine stops and the failure is raised (a non-zero exit, not a silent 0); if the engine
+    fails, HTTP is stopped and the engine's exception is raised. Signal handlers are put
+    back either way."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    engine = Engine(make("vanilla"), TOK, slots=2, max_len=32)
+    with socket.socket() as sock, pytest.raises(SystemExit) as e:
+        serve_forever(engine, FakeHTTP(fail=True), sock, drain_timeout=1)
+    assert e.value.code == 3 and signal.getsignal(signal.SIGTERM) is sigterm
+
+    engine = Engine(make("vanilla"), TOK, slots=2, max_len=32)
+    engine.submit([EngineRequest([1], 3)])
+    monkeypatch.setattr(engine, "_next_joining", lambda: 1 / 0)
+    http = FakeHTTP(fail=False)
+    with socket.socket() as sock, pytest.raises(ZeroDivisionError):
+        serve_forever(engine, http, sock, drain_timeout=1)
+    assert http.should_exit and signal.getsignal(signal.SIGTERM) is sigterm
 
 
 @pytest.mark.parametrize("args, message", [

@@ -90,19 +90,23 @@ def run(args: argparse.Namespace) -> None:
 def serve_forever(engine: Engine, server: uvicorn.Server, sock: socket.socket,
                   drain_timeout: float) -> None:
     """HTTP on a thread, the engine's loop on this one (the main thread, which loaded the
-    model: see photon.serve.engine). Ctrl-C / SIGTERM drains: running requests get
-    `drain_timeout` seconds to finish, then the process ends by the signal, as uvicorn's own
-    handling would."""
+    model: see photon.serve.engine). The first Ctrl-C / SIGTERM drains: running requests get
+    `drain_timeout` seconds to finish; a second one fails them after the current step. The
+    process then ends by the signal, as uvicorn's own handling would. If either thread
+    fails, the other stops and the failure is raised here."""
     received: list[int] = []
+    http_failed: list[BaseException] = []
 
     def on_signal(sig: int, frame) -> None:
+        engine.drain(0.0 if received else drain_timeout)
         received.append(sig)
-        engine.drain(drain_timeout)
-        server.handle_exit(sig, frame)  # a second Ctrl-C forces the exit
+        server.handle_exit(sig, frame)  # the second one makes uvicorn quit at once
 
     def serve_http() -> None:
         try:
             server.run(sockets=[sock])
+        except BaseException as e:  # SystemExit too: how uvicorn reports a failed startup
+            http_failed.append(e)
         finally:  # the app's shutdown stopped the engine, unless uvicorn never started
             engine.shutdown()
 
@@ -110,10 +114,15 @@ def serve_forever(engine: Engine, server: uvicorn.Server, sock: socket.socket,
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     http = threading.Thread(target=serve_http, name="photon-http")
     http.start()
-    engine.run()
-    http.join()
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    try:
+        engine.run()
+    finally:  # the engine answered what it held; HTTP must not take requests it cannot
+        server.should_exit = True
+        http.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if http_failed:
+        raise http_failed[0]
     for sig in reversed(received):
         signal.raise_signal(sig)
 

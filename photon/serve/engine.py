@@ -270,23 +270,37 @@ class Engine:
     # --- the loop, on the engine thread ---------------------------------------------------------
 
     def run(self) -> None:
-        """Run the loop on the calling thread until `shutdown`."""
-        with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not (self.waiting or self.rows or self._stop):
-                        self._cv.wait()
-                    if self._stop:
-                        break
-                    joining = self._next_joining()
-                try:
-                    self._turn(joining)
-                except Exception as e:  # a bug: answer everyone, start from empty slots
-                    log.exception("engine step failed")
-                    running = {id(s.request) for s in self.rows}
-                    unjoined = [r for r in joining if id(r) not in running]
-                    self._fail([*self.rows, *unjoined], f"internal error: {e}", reset=True)
-            self._fail([*self.rows, *self.waiting], SHUTTING_DOWN, reset=False)
+        """Run the loop on the calling thread until `shutdown`. If the loop itself fails
+        (not a step: that is answered and survived), every request is answered with the
+        error, no new one is taken, and the exception propagates."""
+        message = SHUTTING_DOWN
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as e:
+            message = f"internal error: {e!r}"
+            raise
+        finally:
+            with self._cv:
+                self._stop = True
+                left, self.waiting = [*self.rows, *self.waiting], deque()
+            self._fail(left, message, reset=False)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self.waiting or self.rows or self._stop):
+                    self._cv.wait()
+                if self._stop:
+                    return
+                joining = self._next_joining()
+            try:
+                self._turn(joining)
+            except Exception as e:  # a bug: answer everyone, start from empty slots
+                log.exception("engine step failed")
+                running = {id(s.request) for s in self.rows}
+                unjoined = [r for r in joining if id(r) not in running]
+                self._fail([*self.rows, *unjoined], f"internal error: {e}", reset=True)
 
     def _next_joining(self) -> list[Request]:
         """Waiting requests (first come, first served) that fit the free slots and the
@@ -379,20 +393,24 @@ class Engine:
             self._cv.notify_all()  # a draining shutdown waits for the batch to empty
 
     def _fail(self, items: list, message: str, reset: bool) -> None:
-        """Answer running sequences and waiting requests with an error and drop them."""
+        """Drop running sequences and waiting requests and answer them with an error; with
+        `reset`, first replace the decoder, whose state may be inconsistent after a failure."""
+        if reset:
+            with self._cv:  # submit reads the free slots
+                self.decoder = None  # the old caches go before new ones are allocated
+                self.decoder = bench.make_decoder(self.model, self.mode, self.slots,
+                                                  self.max_len)
+                self.decoder.open_slots()
+        elif self.rows and self.decoder is not None:
+            self.decoder.release(range(len(self.rows)))
+        self.rows = []
+        self.sampler.set_rows([])
         for item in items:
             if isinstance(item, _Sequence):
                 self._emit(item.request, Output(item.index, "", [], error=message))
             elif not item.cancelled:
                 for i in range(item.n):
                     self._emit(item, Output(i, "", [], error=message))
-        if reset:  # the decoder's state may be inconsistent after a failure
-            self.decoder = bench.make_decoder(self.model, self.mode, self.slots, self.max_len)
-            self.decoder.open_slots()
-        elif self.rows:
-            self.decoder.release(range(len(self.rows)))
-        self.rows = []
-        self.sampler.set_rows([])
         self._gauges()
         with self._cv:
             self._cv.notify_all()

@@ -134,13 +134,12 @@ class CounterPoller:
 
 def best_stretch(samples: list[tuple[float, float]], seconds: float) -> float:
     """Highest tokens/s over any stretch of at least `seconds` of counted time between two
-    samples; 0 if the samples span less."""
+    samples (cumulative (tokens, seconds)); 0 if the samples span less."""
     best = 0.0
     for i, (tokens_i, seconds_i) in enumerate(samples):
         for tokens_j, seconds_j in samples[i + 1:]:
             if seconds_j - seconds_i >= seconds:
                 best = max(best, (tokens_j - tokens_i) / (seconds_j - seconds_i))
-                break
     return best
 
 
@@ -169,8 +168,9 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
         runs.append((slots * args.gen_len / (total_s - prefill_s), total_s - prefill_s))
     decoder, run_s = max(runs)
     decoder_mean = sum(r for r, _ in runs) / len(runs)
-    # Full-batch turns shorter than one decoder run: the whole run is the only stretch.
-    full_best = best_stretch([*poller.samples, (full_tokens, full_s)], run_s) or full
+    # The counters start at 0 with the server. Full-batch turns shorter than one decoder
+    # run in all: the whole run is the only stretch.
+    full_best = best_stretch([(0.0, 0.0), *poller.samples, (full_tokens, full_s)], run_s) or full
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
             "lost": result.lost, "server_errors": result.server_errors, "status": result.status,
             "p50_s": result.p50_s, "p99_s": result.p99_s,

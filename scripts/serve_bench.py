@@ -103,7 +103,7 @@ def load_phase(ckpt: Path, vocab: int, args) -> dict:
 
 def server_metrics(url: str) -> dict[str, float]:
     """The server's Prometheus samples (unlabelled ones), by name."""
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=60).text
     return {sample.name: sample.value for family in text_string_to_metric_families(text)
             for sample in family.samples if not sample.labels}
 
@@ -119,7 +119,10 @@ class CounterPoller:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            m = server_metrics(self.url)
+            try:
+                m = server_metrics(self.url)
+            except httpx.HTTPError:  # a busy server answers late: skip this sample
+                continue
             self.samples.append((m["photon_full_batch_tokens_total"],
                                  m["photon_full_batch_seconds_total"]))
 

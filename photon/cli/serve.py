@@ -107,7 +107,7 @@ def serve_forever(engine: Engine, server: uvicorn.Server, sock: socket.socket,
             server.run(sockets=[sock])
         except BaseException as e:  # SystemExit too: how uvicorn reports a failed startup
             http_failed.append(e)
-        finally:  # the app's shutdown stopped the engine, unless uvicorn never started
+        finally:  # no more requests come in: let the engine finish (drain) and stop
             engine.shutdown()
 
     handled = (signal.SIGINT, signal.SIGTERM)

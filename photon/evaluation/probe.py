@@ -155,6 +155,12 @@ def _windows(tokens: np.ndarray, length: int, count: int) -> Tensor:
     return torch.from_numpy(np.asarray(tokens[:n * length], dtype=np.int64)).view(n, length)
 
 
+def _sum_by_position(losses: Tensor, start: int, P: int) -> Tensor:
+    """Losses [B, T - 1] from prediction `start` on (a meta-context boundary), summed over
+    sequences and meta-contexts by position in the meta-context: [P] in fp64 on the CPU."""
+    return losses[:, start:].double().reshape(len(losses), -1, P).sum((0, 1)).cpu()
+
+
 @torch.no_grad()
 def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
           seq_len: int | None = None, batch_size: int = 8, recgen: bool = True,
@@ -188,13 +194,13 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
         losses["unigram"] = -unigram.to(device)[ids[:, 1:]]
         # Target position t = i + 1; keep meta-contexts g >= 1 and fold by position in meta.
         for key, value in losses.items():
-            sums[key] += value[:, P - 1:].double().reshape(len(ids), -1, P).sum((0, 1)).cpu()
+            sums[key] += _sum_by_position(value, P - 1, P)
         count += len(ids) * (length // P - 1)
         states_all.append([s.cpu() for s in model.encode_prefix(ids)])
         if has_recgen:
             seq = sequential_logits(model, ids, half, "recgen")
             for key, value in (("recgen", nll(seq, ids)), ("hiergen", losses["base"])):
-                rec[key] += value[:, half - 1:].double().reshape(len(ids), -1, P).sum((0, 1)).cpu()
+                rec[key] += _sum_by_position(value, half - 1, P)
     by_position = {k: (v / count).tolist() for k, v in sums.items()}
     first = {k: float(np.mean(v[::C])) for k, v in by_position.items()}
     mean = {k: float(np.mean(v)) for k, v in by_position.items()}

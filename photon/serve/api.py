@@ -42,13 +42,15 @@ DISCONNECTED = object()  # put in a request's output queue when its client goes 
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                start_engine: bool = True) -> FastAPI:
-    """The app; it starts the engine's loop on a thread of its own at startup (unless
-    `start_engine` is False: the caller runs it) and stops the engine at shutdown."""
+    """The app; it runs the engine's loop on a thread of its own from startup to shutdown,
+    unless `start_engine` is False: then the caller runs and stops the engine."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if start_engine:
-            engine.start()
+        if not start_engine:
+            yield
+            return
+        engine.start()
         yield
         await asyncio.to_thread(engine.shutdown)
 

@@ -9,15 +9,14 @@
 3. Engine overhead: the server's tokens/s over the turns that began with every slot busy
    (its `photon_full_batch_*` counters: decode step, sampling, text, delivery and HTTP all
    included; the ramp-up of arriving requests excluded) against `photon bench`'s decoder at
-   that batch and workload, decode steps only, run --repeats times in this process with the
-   server stopped (target: served >= 80 % of the decoder). A shared machine's speed drifts
-   by tens of percent from one minute to the next, so both sides are measured alike: the
-   decoder's fastest run against the server's fastest stretch of full-batch turns as long as
-   one decoder run (the counters are read twice a second); the whole-run means are reported
-   next to them.
+   that batch and workload, decode steps only, run in this process while the server idles
+   (target: served >= 80 % of the decoder). A shared machine's speed drifts by tens of
+   percent from one minute to the next, so the two alternate: decoder, load, decoder, load,
+   ..., decoder (--rounds loads), each load against the mean of the decoder runs on either
+   side of it; the median round is the result, the range next to it.
 
-    python scripts/serve_bench.py                  # the README's run (several minutes, idle CPU)
-    python scripts/serve_bench.py --quick          # a reduced run, about a minute or two
+    python scripts/serve_bench.py                  # the README's run (about 25 minutes, idle CPU)
+    python scripts/serve_bench.py --quick          # a reduced run, about three minutes
 
 Presets get random weights (speed does not depend on them) and a byte-level BPE trained on
 shakespeare; checkpoint folders are served as they are. Results: OUT/serve_bench.json, a
@@ -29,8 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import threading
+import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -108,47 +108,27 @@ def server_metrics(url: str) -> dict[str, float]:
             for sample in family.samples if not sample.labels}
 
 
-class CounterPoller:
-    """Reads the server's full-batch counters twice a second while a load runs."""
-
-    def __init__(self, url: str, every: float = 0.5) -> None:
-        self.url, self.every = url, every
-        self.samples: list[tuple[float, float]] = []  # (tokens, seconds), cumulative
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                m = server_metrics(self.url)
-            except httpx.HTTPError:  # a busy server answers late: skip this sample
-                continue
-            self.samples.append((m["photon_full_batch_tokens_total"],
-                                 m["photon_full_batch_seconds_total"]))
-
-    def __enter__(self) -> CounterPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def decoder_tokens_per_s(model, mode: str, batch: int, args) -> float:
+    """`photon bench`'s decoder alone at this batch and workload: tokens/s of its decode steps."""
+    prefill_s, total_s, _ = bench.run_workload(model, mode, batch, args.prompt_len, args.gen_len)
+    return batch * args.gen_len / (total_s - prefill_s)
 
 
-def best_stretch(samples: list[tuple[float, float]], seconds: float) -> float:
-    """Highest tokens/s over any stretch of at least `seconds` of counted time between two
-    samples (cumulative (tokens, seconds)); 0 if the samples span less."""
-    best = 0.0
-    for i, (tokens_i, seconds_i) in enumerate(samples):
-        for tokens_j, seconds_j in samples[i + 1:]:
-            if seconds_j - seconds_i >= seconds:
-                best = max(best, (tokens_j - tokens_i) / (seconds_j - seconds_i))
-    return best
+def full_batch_counters(url: str) -> tuple[float, float]:
+    """(tokens, seconds) the server has counted over turns that began with every slot busy."""
+    m = server_metrics(url)
+    return m["photon_full_batch_tokens_total"], m["photon_full_batch_seconds_total"]
 
 
 def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
     """Slots at the budget; served tokens/s with them kept full (FILL x slots requests), end
-    to end and over the turns with every slot busy; the decoder alone at that batch."""
+    to end and over the turns with every slot busy, in --rounds rounds; the decoder alone at
+    that batch before the first round and after each, in this process while the server idles.
+
+    A shared machine's speed drifts by tens of percent within minutes, so each round's
+    full-batch tokens/s is set against the mean of the decoder runs on either side of it (a
+    drift that is linear in time cancels), and the median round counts."""
+    model, _ = load_model(ckpt)
     # Every request waits in the queue rather than being refused (429), and a step admits
     # up to --prefill-tokens of prompts: the server's default (8,192: 128 prompts of 64) caps
     # PHOTON, whose requests live 8 steps, at 1,024 running sequences.
@@ -156,47 +136,50 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
                "--prefill-tokens", str(args.prefill_tokens)) as server:
         slots = httpx.get(f"{server.url}/health").json()["slots"]
         bodies = fixed_bodies(args.fill * slots, args.prompt_len, args.gen_len, vocab)
-        with CounterPoller(server.url) as poller:
-            result = run_load(server.url, bodies, concurrency=len(bodies),
-                              timeout=args.timeout, deadline=args.deadline)
+        decoder = [decoder_tokens_per_s(model, mode, slots, args)]
+        rounds, loads = [], []
+        for _ in range(args.rounds):
+            tokens_0, seconds_0 = full_batch_counters(server.url)
+            loads.append(run_load(server.url, bodies, concurrency=len(bodies),
+                                  timeout=args.timeout, deadline=args.deadline))
+            tokens_1, seconds_1 = full_batch_counters(server.url)
+            decoder.append(decoder_tokens_per_s(model, mode, slots, args))
+            full = (tokens_1 - tokens_0) / max(seconds_1 - seconds_0, 1e-9)
+            rounds.append({"full_batch_tokens_per_s": full,
+                           "full_batch_seconds": seconds_1 - seconds_0,
+                           "decoder_tokens_per_s": decoder[-2:],
+                           "served_vs_decoder": full / statistics.mean(decoder[-2:])})
+            print(f"  round {len(rounds)}: full batch {full:,.0f} tok/s over "
+                  f"{seconds_1 - seconds_0:.0f} s; decoder {decoder[-2]:,.0f} before, "
+                  f"{decoder[-1]:,.0f} after: {rounds[-1]['served_vs_decoder']:.0%}", flush=True)
         peak = httpx.get(f"{server.url}/health").json()["peak_running"]
-        m = server_metrics(server.url)
-    full_tokens, full_s = m["photon_full_batch_tokens_total"], m["photon_full_batch_seconds_total"]
-    full = full_tokens / max(full_s, 1e-9)
-    model, _ = load_model(ckpt)
-    runs = []  # (tokens/s, decode seconds) of each decoder run
-    for _ in range(args.repeats):
-        prefill_s, total_s, _ = bench.run_workload(model, mode, slots, args.prompt_len,
-                                                   args.gen_len)
-        runs.append((slots * args.gen_len / (total_s - prefill_s), total_s - prefill_s))
-    decoder, run_s = max(runs)
-    decoder_mean = sum(r for r, _ in runs) / len(runs)
-    # The counters start at 0 with the server. Full-batch turns shorter than one decoder
-    # run in all: the whole run is the only stretch.
-    full_best = best_stretch([(0.0, 0.0), *poller.samples, (full_tokens, full_s)], run_s) or full
+        full_tokens, full_s = full_batch_counters(server.url)
+    ratios = [r["served_vs_decoder"] for r in rounds]
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
-            "lost": result.lost, "server_errors": result.server_errors, "status": result.status,
-            "p50_s": result.p50_s, "p99_s": result.p99_s,
-            "served_tokens_per_s": result.tokens_per_s,
-            "full_batch_tokens_per_s": full, "full_batch_seconds": full_s,
-            "full_batch_best_tokens_per_s": full_best, "decoder_tokens_per_s": decoder,
-            "decoder_mean_tokens_per_s": decoder_mean,
-            "decoder_runs_tokens_per_s": [r for r, _ in runs], "decoder_run_seconds": run_s,
-            "served_vs_decoder": full_best / decoder,
-            "served_vs_decoder_means": full / decoder_mean}
+            "requests": sum(r.requests for r in loads), "lost": sum(r.lost for r in loads),
+            "server_errors": sum(r.server_errors for r in loads),
+            "status": dict(sum((Counter(r.status) for r in loads), Counter())),
+            "p50_s": statistics.median(r.p50_s for r in loads),
+            "p99_s": statistics.median(r.p99_s for r in loads),
+            "served_tokens_per_s": statistics.median(r.tokens_per_s for r in loads),
+            "full_batch_tokens_per_s": full_tokens / max(full_s, 1e-9),
+            "full_batch_seconds": full_s, "decoder_tokens_per_s": statistics.mean(decoder),
+            "decoder_runs_tokens_per_s": decoder, "rounds": rounds,
+            "served_vs_decoder": statistics.median(ratios),
+            "served_vs_decoder_range": [min(ratios), max(ratios)]}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | mode | slots | peak running | served tok/s, end to end | "
-             "served tok/s, full batch: best stretch (mean) | decoder tok/s, photon bench: "
-             "best run (mean) | full batch / decoder: best (means) |",
+             "served tok/s, full batch | decoder tok/s, photon bench | "
+             "full batch / decoder: median round (range) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        low, high = r["served_vs_decoder_range"]
         lines.append(f"| {r['model']} | {r['mode']} | {r['slots']} | {r['peak_running']} | "
-                     f"{r['served_tokens_per_s']:,.0f} | {r['full_batch_best_tokens_per_s']:,.0f}"
-                     f" ({r['full_batch_tokens_per_s']:,.0f}) | {r['decoder_tokens_per_s']:,.0f}"
-                     f" ({r['decoder_mean_tokens_per_s']:,.0f}) | {r['served_vs_decoder']:.0%} "
-                     f"({r['served_vs_decoder_means']:.0%}) |")
+                     f"{r['served_tokens_per_s']:,.0f} | {r['full_batch_tokens_per_s']:,.0f} | "
+                     f"{r['decoder_tokens_per_s']:,.0f} | {r['served_vs_decoder']:.0%} "
+                     f"({low:.0%}-{high:.0%}) |")
     return "\n".join(lines)
 
 
@@ -218,8 +201,9 @@ def main() -> None:
     parser.add_argument("--prefill-tokens", type=int, default=65536,
                         help="the compared servers' --prefill-tokens: prompt tokens admitted "
                              "per step, enough to fill the slots within a request's lifetime")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of the decoder benchmark; the fastest counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of load per compared server, each between two runs of "
+                             "the decoder benchmark; the median round counts")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per request")
     parser.add_argument("--deadline", type=float, default=1800, help="seconds per phase")
     parser.add_argument("--threads", type=int,

@@ -202,6 +202,17 @@ def add_ratios(rows: list[Row]) -> None:
             setattr(row, attr, row.tpm / ref.tpm if ref else None)
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """The `--device` and `--dtype` flags of the CLI: CUDA when there is one, bf16 on CUDA
+    and fp32 on the CPU unless given."""
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolved, DTYPES[dtype] if dtype else (
+        torch.bfloat16 if resolved.type == "cuda" else torch.float32)
+
+
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
     info = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(), "torch": torch.__version__,

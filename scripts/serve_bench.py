@@ -7,8 +7,10 @@
    decodes at once), the most it ran at once, and served tokens/s with the slots kept full
    (FILL x slots requests, prompt P tokens, G generated, EOS ignored, greedy).
 3. Engine overhead: the server's tokens/s over the turns that began with every slot busy
-   (its `photon_full_batch_*` counters: decode step, sampling, text, delivery and HTTP all
-   included; the ramp-up of arriving requests excluded) against `photon bench`'s decoder at
+   (its `photon_full_batch_*` counters: the whole turn of the engine loop, from taking the
+   queue's lock through the decode step, sampling, text and handing outputs to the HTTP
+   thread, which shares the cores with it and the load generator; the ramp-up of arriving
+   requests excluded) against `photon bench`'s decoder at
    that batch and workload, decode steps only, run in this process while the server idles
    (target: served >= 80 % of the decoder). A shared machine's speed drifts by tens of
    percent from one minute to the next, so the two alternate: decoder, load, decoder, load,
@@ -38,11 +40,13 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from photon import bench
-from photon.checkpoint import load_model, save_checkpoint
+from photon.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from photon.data.corpus import get_tokenizer
+from photon.data.tokenizer import Tokenizer
 from photon.errors import PhotonError
-from photon.model.lm import build_model
-from photon.serve.loadtest import ServerProcess, run_load
+from photon.inference.generate import MODES
+from photon.model.lm import Model, build_model
+from photon.serve.loadtest import LoadResult, ServerProcess, run_load
 
 
 def checkpoint(name: str, out: Path) -> Path:
@@ -88,7 +92,8 @@ def mixed_bodies(count: int, prompt_len: int, gen_len: int, vocab: int, seed: in
 def serve(ckpt: Path, mode: str, args, *extra: str) -> ServerProcess:
     threads = ["--threads", str(args.threads)] if args.threads else []
     return ServerProcess(ckpt, "--model-name", "m", "--mode", mode, "--memory-budget",
-                         str(args.budget_gib), *threads, *extra)
+                         str(args.budget_gib), "--device", args.device, "--dtype", args.dtype,
+                         *threads, *extra)
 
 
 def load_phase(ckpt: Path, vocab: int, args) -> dict:
@@ -108,10 +113,11 @@ def server_metrics(url: str) -> dict[str, float]:
             for sample in family.samples if not sample.labels}
 
 
-def decoder_tokens_per_s(model, mode: str, batch: int, args) -> float:
-    """`photon bench`'s decoder alone at this batch and workload: tokens/s of its decode steps."""
+def decoder_run(model: Model, mode: str, batch: int, args) -> tuple[float, float]:
+    """`photon bench`'s decoder alone at this batch and workload: (tokens/s, seconds) of its
+    decode steps."""
     prefill_s, total_s, _ = bench.run_workload(model, mode, batch, args.prompt_len, args.gen_len)
-    return batch * args.gen_len / (total_s - prefill_s)
+    return batch * args.gen_len / (total_s - prefill_s), total_s - prefill_s
 
 
 def full_batch_counters(url: str) -> tuple[float, float]:
@@ -120,7 +126,16 @@ def full_batch_counters(url: str) -> tuple[float, float]:
     return m["photon_full_batch_tokens_total"], m["photon_full_batch_seconds_total"]
 
 
-def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
+def load_round(url: str, bodies: list[dict], args) -> tuple[LoadResult, float, float]:
+    """One round of load; (its result, full-batch tokens, full-batch seconds) it added."""
+    tokens_0, seconds_0 = full_batch_counters(url)
+    result = run_load(url, bodies, concurrency=len(bodies), timeout=args.timeout,
+                      deadline=args.deadline)
+    tokens_1, seconds_1 = full_batch_counters(url)
+    return result, tokens_1 - tokens_0, seconds_1 - seconds_0
+
+
+def compare_phase(name: str, ckpt: Path, model: Model, mode: str, vocab: int, args) -> dict:
     """Slots at the budget; served tokens/s with them kept full (FILL x slots requests), end
     to end and over the turns with every slot busy, in --rounds rounds; the decoder alone at
     that batch before the first round and after each, in this process while the server idles.
@@ -128,7 +143,6 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
     A shared machine's speed drifts by tens of percent within minutes, so each round's
     full-batch tokens/s is set against the mean of the decoder runs on either side of it (a
     drift that is linear in time cancels), and the median round counts."""
-    model, _ = load_model(ckpt)
     # Every request waits in the queue rather than being refused (429), and a step admits
     # up to --prefill-tokens of prompts: the server's default (8,192: 128 prompts of 64) caps
     # PHOTON, whose requests live 8 steps, at 1,024 running sequences.
@@ -136,50 +150,70 @@ def compare_phase(name: str, ckpt: Path, mode: str, vocab: int, args) -> dict:
                "--prefill-tokens", str(args.prefill_tokens)) as server:
         slots = httpx.get(f"{server.url}/health").json()["slots"]
         bodies = fixed_bodies(args.fill * slots, args.prompt_len, args.gen_len, vocab)
-        decoder = [decoder_tokens_per_s(model, mode, slots, args)]
-        rounds, loads = [], []
-        for _ in range(args.rounds):
-            tokens_0, seconds_0 = full_batch_counters(server.url)
-            loads.append(run_load(server.url, bodies, concurrency=len(bodies),
-                                  timeout=args.timeout, deadline=args.deadline))
-            tokens_1, seconds_1 = full_batch_counters(server.url)
-            decoder.append(decoder_tokens_per_s(model, mode, slots, args))
-            full = (tokens_1 - tokens_0) / max(seconds_1 - seconds_0, 1e-9)
-            rounds.append({"full_batch_tokens_per_s": full,
-                           "full_batch_seconds": seconds_1 - seconds_0,
-                           "decoder_tokens_per_s": decoder[-2:],
-                           "served_vs_decoder": full / statistics.mean(decoder[-2:])})
-            print(f"  round {len(rounds)}: full batch {full:,.0f} tok/s over "
-                  f"{seconds_1 - seconds_0:.0f} s; decoder {decoder[-2]:,.0f} before, "
-                  f"{decoder[-1]:,.0f} after: {rounds[-1]['served_vs_decoder']:.0%}", flush=True)
+        decoder = [decoder_run(model, mode, slots, args)]
+        rounds = []
+        for i in range(args.rounds):
+            load, tokens, seconds = load_round(server.url, bodies, args)
+            decoder.append(decoder_run(model, mode, slots, args))
+            rounds.append(round_result(load, tokens, seconds, decoder[-2:], i + 1))
         peak = httpx.get(f"{server.url}/health").json()["peak_running"]
-        full_tokens, full_s = full_batch_counters(server.url)
-    ratios = [r["served_vs_decoder"] for r in rounds]
+    ratios = [r["served_vs_decoder"] for r in rounds if r["served_vs_decoder"] is not None]
+    full_tokens = sum(r["full_batch_tokens"] for r in rounds)
+    full_s = sum(r["full_batch_seconds"] for r in rounds)
+    decoder_mean = statistics.mean(tokens_per_s for tokens_per_s, _ in decoder)
+    loads = [r["load"] for r in rounds]
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
-            "requests": sum(r.requests for r in loads), "lost": sum(r.lost for r in loads),
-            "server_errors": sum(r.server_errors for r in loads),
-            "status": dict(sum((Counter(r.status) for r in loads), Counter())),
-            "p50_s": statistics.median(r.p50_s for r in loads),
-            "p99_s": statistics.median(r.p99_s for r in loads),
-            "served_tokens_per_s": statistics.median(r.tokens_per_s for r in loads),
-            "full_batch_tokens_per_s": full_tokens / max(full_s, 1e-9),
-            "full_batch_seconds": full_s, "decoder_tokens_per_s": statistics.mean(decoder),
-            "decoder_runs_tokens_per_s": decoder, "rounds": rounds,
-            "served_vs_decoder": statistics.median(ratios),
-            "served_vs_decoder_range": [min(ratios), max(ratios)]}
+            "requests": sum(r["requests"] for r in loads), "lost": sum(r["lost"] for r in loads),
+            "server_errors": sum(r["server_errors"] for r in loads),
+            "status": dict(sum((Counter(r["status"]) for r in loads), Counter())),
+            "served_tokens_per_s": statistics.median(r["tokens_per_s"] for r in loads),
+            "full_batch_tokens_per_s": full_tokens / full_s if full_s else None,
+            "full_batch_seconds": full_s, "decoder_tokens_per_s": decoder_mean,
+            "decoder_runs_tokens_per_s": [tokens_per_s for tokens_per_s, _ in decoder],
+            "rounds": rounds,
+            "served_vs_decoder": statistics.median(ratios) if ratios else None,
+            "served_vs_decoder_range": [min(ratios), max(ratios)] if ratios else None,
+            "served_vs_decoder_pooled": full_tokens / full_s / decoder_mean if full_s else None}
+
+
+def round_result(load: LoadResult, tokens: float, seconds: float,
+                 decoder: list[tuple[float, float]], number: int) -> dict:
+    """A round's numbers against the decoder runs (tokens/s, seconds) before and after it;
+    no ratio without full-batch turns, and a warning if they lasted less than a decoder run."""
+    around = [tokens_per_s for tokens_per_s, _ in decoder]
+    full = tokens / seconds if seconds else None
+    ratio = full / statistics.mean(around) if full else None
+    line = f"  round {number}: {load.ok}/{load.requests} ok, {load.lost} lost; "
+    if full is None:
+        line += "no turn had every slot busy (more --fill?)"
+    else:
+        line += (f"full batch {full:,.0f} tok/s over {seconds:.1f} s; decoder {around[0]:,.0f} "
+                 f"before, {around[1]:,.0f} after: {ratio:.0%}")
+        if seconds < min(run_s for _, run_s in decoder):
+            line += " (full-batch turns shorter than one decoder run: a rough ratio)"
+    print(line, flush=True)
+    return {"load": load.as_dict(), "full_batch_tokens": tokens, "full_batch_seconds": seconds,
+            "full_batch_tokens_per_s": full, "decoder_before_after_tokens_per_s": around,
+            "served_vs_decoder": ratio}
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | mode | slots | peak running | served tok/s, end to end | "
              "served tok/s, full batch | decoder tok/s, photon bench | "
-             "full batch / decoder: median round (range) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "full batch / decoder: median round (range) | pooled |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        low, high = r["served_vs_decoder_range"]
+        low, high = r["served_vs_decoder_range"] or (None, None)
+        full = r["full_batch_tokens_per_s"]
         lines.append(f"| {r['model']} | {r['mode']} | {r['slots']} | {r['peak_running']} | "
-                     f"{r['served_tokens_per_s']:,.0f} | {r['full_batch_tokens_per_s']:,.0f} | "
-                     f"{r['decoder_tokens_per_s']:,.0f} | {r['served_vs_decoder']:.0%} "
-                     f"({low:.0%}-{high:.0%}) |")
+                     f"{r['served_tokens_per_s']:,.0f} | {'-' if full is None else f'{full:,.0f}'}"
+                     f" | {r['decoder_tokens_per_s']:,.0f} | {percent(r['served_vs_decoder'])} "
+                     f"({percent(low)}-{percent(high)}) | "
+                     f"{percent(r['served_vs_decoder_pooled'])} |")
     return "\n".join(lines)
 
 
@@ -210,18 +244,32 @@ def main() -> None:
                         help="CPU threads of the servers and of the decoder benchmark (default: "
                              "torch's); 1 on a machine shared with other jobs, where a "
                              "multi-threaded run spends its time waiting for busy cores")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the servers and of the decoder benchmark (cpu, cuda)")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"],
+                        help="of the servers and of the decoder benchmark (default: fp32 on "
+                             "the CPU, bf16 on CUDA)")
     parser.add_argument("--quick", action="store_true",
-                        help="200 requests, budget 0.25 GiB, prompt 32, generate 64")
+                        help="200 requests, budget 0.25 GiB, prompt 32, generate 64: a smoke "
+                             "test (at such small batches the ratios say little)")
     parser.add_argument("--out", default="runs/serve_bench")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
     args = parser.parse_args()
+    for name in ("requests", "fill", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    modes = args.modes.split(",")
+    if unknown := sorted(set(modes + [args.load_mode]) - set(MODES)):
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; modes are {', '.join(MODES)}")
     if args.quick:
         args.requests, args.budget_gib, args.prompt_len, args.gen_len = 200, 0.25, 32, 64
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = bench.environment(torch.device("cpu"), torch.float32)
+    device, dtype = bench.device_and_dtype(args.device, args.dtype)
+    args.dtype = {v: k for k, v in bench.DTYPES.items()}[dtype]  # the servers' --dtype
+    env = bench.environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
     started = time.monotonic()
@@ -230,7 +278,7 @@ def main() -> None:
         compared = {name: checkpoint(name, out) for name in args.models}
     except PhotonError as e:
         parser.error(str(e))
-    vocab = load_model(load_ckpt)[1].vocab_size
+    vocab = Tokenizer.load(resolve_checkpoint(load_ckpt)).vocab_size
     print(f"load: {args.requests} concurrent requests to {args.load_model} ({args.load_mode}), "
           f"budget {args.budget_gib} GiB ...", flush=True)
     load = load_phase(load_ckpt, vocab, args)
@@ -241,13 +289,14 @@ def main() -> None:
 
     rows = []
     for name, ckpt in compared.items():
-        model, tokenizer = load_model(ckpt)
-        for mode in bench.modes_of(model, args.modes.split(",")):
+        model, tokenizer = load_model(ckpt, device=device)
+        model = model.to(dtype)
+        for mode in bench.modes_of(model, modes):
             label = mode if bench.kind_of(model) == "photon" else "-"
             print(f"compare: {name} ({label}) at {args.budget_gib} GiB ...", flush=True)
-            rows.append(compare_phase(name, ckpt, mode, tokenizer.vocab_size, args))
+            rows.append(compare_phase(name, ckpt, model, mode, tokenizer.vocab_size, args))
             rows[-1]["mode"] = label
-            print(f"  status {rows[-1]['status']}, {rows[-1]['lost']} lost", flush=True)
+        del model
     print(table(rows))
     results = {**env, "args": vars(args), "load": load, "compare": rows,
                "wall_s": time.monotonic() - started}

@@ -13,11 +13,9 @@ def run(args: argparse.Namespace) -> None:
 
     from photon import bench
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, dtype = bench.device_and_dtype(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype] or (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
     size = args.size or ("tiny" if args.quick else "600m" if device.type == "cuda" else "small")
     names = args.models or [f"{kind}-{size}" for kind in ("vanilla", "block", "photon")]
     workloads = bench.QUICK_WORKLOADS if args.quick else bench.WORKLOADS

@@ -42,15 +42,14 @@ def run(args: argparse.Namespace) -> None:
                          "pip install -e '.[serve]'") from None
     import torch
 
+    from photon import bench
     from photon.checkpoint import load_model
     from photon.serve.engine import Engine, slots_for_budget
 
     if args.threads:
         torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype] or (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device, dtype = bench.device_and_dtype(args.device, args.dtype)
     for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:

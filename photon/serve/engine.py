@@ -288,6 +288,7 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
+            started = time.monotonic()  # a busy turn's time includes taking the lock
             with self._cv:
                 while not (self.waiting or self.rows or self._stop):
                     self._cv.wait()
@@ -295,7 +296,7 @@ class Engine:
                     return
                 joining = self._next_joining()
             try:
-                self._turn(joining)
+                self._turn(joining, started)
             except Exception as e:  # a bug: answer everyone, start from empty slots
                 log.exception("engine step failed")
                 running = {id(s.request) for s in self.rows}
@@ -320,8 +321,8 @@ class Engine:
             free -= r.n
         return joining
 
-    def _turn(self, joining: list[Request]) -> None:
-        started, full = time.monotonic(), len(self.rows) == self.slots and not joining
+    def _turn(self, joining: list[Request], started: float) -> None:
+        full = len(self.rows) == self.slots and not joining
         self._finish([r for r, s in enumerate(self.rows) if s.request.cancelled],
                      cancelled=True)
         if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
@@ -331,12 +332,11 @@ class Engine:
             return
         if joining:
             self._join(joining)
-        if self.rows:
-            generated = self._step()
-            if full:  # the engine's throughput with every slot busy, bookkeeping included
-                self.metrics.full_batch_tokens.inc(generated)
-                self.metrics.full_batch_seconds.inc(time.monotonic() - started)
+        generated = self._step() if self.rows else 0
         self._gauges()
+        if full:  # the engine's throughput with every slot busy, bookkeeping included
+            self.metrics.full_batch_tokens.inc(generated)
+            self.metrics.full_batch_seconds.inc(time.monotonic() - started)
 
     def _join(self, requests: list[Request]) -> None:
         ids, lengths = _padded([r.prompt for r in requests], self.device)

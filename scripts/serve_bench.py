@@ -160,6 +160,7 @@ def compare_phase(name: str, ckpt: Path, model: Model, mode: str, vocab: int, ar
     ratios = [r["served_vs_decoder"] for r in rounds if r["served_vs_decoder"] is not None]
     full_tokens = sum(r["full_batch_tokens"] for r in rounds)
     full_s = sum(r["full_batch_seconds"] for r in rounds)
+    full = full_tokens / full_s if full_s else None
     decoder_mean = statistics.mean(tokens_per_s for tokens_per_s, _ in decoder)
     loads = [r["load"] for r in rounds]
     return {"model": name, "mode": mode, "slots": slots, "peak_running": peak,
@@ -167,13 +168,13 @@ def compare_phase(name: str, ckpt: Path, model: Model, mode: str, vocab: int, ar
             "server_errors": sum(r["server_errors"] for r in loads),
             "status": dict(sum((Counter(r["status"]) for r in loads), Counter())),
             "served_tokens_per_s": statistics.median(r["tokens_per_s"] for r in loads),
-            "full_batch_tokens_per_s": full_tokens / full_s if full_s else None,
+            "full_batch_tokens_per_s": full,
             "full_batch_seconds": full_s, "decoder_tokens_per_s": decoder_mean,
             "decoder_runs_tokens_per_s": [tokens_per_s for tokens_per_s, _ in decoder],
             "rounds": rounds,
             "served_vs_decoder": statistics.median(ratios) if ratios else None,
             "served_vs_decoder_range": [min(ratios), max(ratios)] if ratios else None,
-            "served_vs_decoder_pooled": full_tokens / full_s / decoder_mean if full_s else None}
+            "served_vs_decoder_pooled": full / decoder_mean if full else None}
 
 
 def round_result(load: LoadResult, tokens: float, seconds: float,

@@ -70,9 +70,8 @@ def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dt
     if not isinstance(c, PhotonConfig):
         return entry * c.n_layers * capacity
     metas = math.ceil(capacity / c.meta_len)
-    levels = range(1, c.n_levels + 1) if mode == "hiergen" else [c.n_levels]
     return sum(entry * c.encoder_layers[level - 1] * metas * (c.meta_len
-               // c.tokens_per_position(level)) for level in levels)
+               // c.tokens_per_position(level)) for level in c.cached_levels(mode))
 
 
 def make_decoder(model: Model, mode: str, batch: int, capacity: int):

@@ -9,7 +9,8 @@ from photon.inference.cache import KVCache, LocalKVCache
 from photon.inference.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
 from tests.test_model import make
 
-HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF"]
+HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF",
+                "photon-W1-TF", "photon-W1", "photon-L3-W2"]
 ALL = ["vanilla", "block", *HIERARCHICAL]
 PROMPTS = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9]]
 

@@ -34,6 +34,12 @@ MODELS = {
     "photon-TF": ("photon-tiny", {"latent_teacher_forcing": True}),
     "photon-L3-TF": ("photon-tiny", {"chunk_sizes": (2, 3, 2), "encoder_layers": (1, 1, 1),
                                      "decoder_layers": (1, 1, 1), "latent_teacher_forcing": True}),
+    # Windowed lower encoders (docs/hierarchy.md §7): the bounded form, W = 1 without latent
+    # teacher forcing, and a window of 2 over three levels (masked, cached).
+    "photon-W1-TF": ("photon-tiny-bounded", {}),
+    "photon-W1": ("photon-tiny", {"encoder_window": 1}),
+    "photon-L3-W2": ("photon-tiny", {"chunk_sizes": (2, 2, 2), "encoder_layers": (2, 2, 1),
+                                     "decoder_layers": (1, 1, 1), "encoder_window": 2}),
 }
 
 

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
     options = dict(mode=args.mode, window=args.window, stride=args.stride,
-                   batch_size=args.batch_size, progress=True)
+                   batch_size=args.batch_size, progress=True, decoded=args.decoded)
     tokens = _prepared_tokens(args, tokenizer)
     if tokens is not None:
         result = evaluate_tokens(model, tokens, tokenizer.token_bytes(), **options)
@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> None:
         if args.max_bytes:
             text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
         result = evaluate_text(model, tokenizer, text, **options)
-    print(f"{args.checkpoint} on {args.data} ({args.split}), {result.mode}: "
+    how = result.mode + (" (decoded)" if args.decoded else "")
+    print(f"{args.checkpoint} on {args.data} ({args.split}), {how}: "
           f"bpb {result.bpb:.4f}  ppl {result.ppl:.2f}  over {result.tokens:,} tokens / "
           f"{result.bytes:,} bytes (window {result.window}, stride {result.stride})")
     if args.json:
@@ -73,6 +74,10 @@ def add_parser(verbs) -> None:
     p.add_argument("--text-field", default="text",
                    help="JSON field / Parquet column holding the text (default: text)")
     p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen")
+    p.add_argument("--decoded", action="store_true",
+                   help="PHOTON: compute the logits through the cached decoding path, meta-"
+                        "context by meta-context, as generation does (slower; it equals "
+                        "the forward pass for HierGen, which is what this shows)")
     p.add_argument("--window", type=int, help="tokens per window (default: the model's "
                                               "training context)")
     p.add_argument("--stride", type=int, help="new tokens scored per window (default: half "

@@ -65,18 +65,22 @@ def check_mode(model: Model, mode: str) -> None:
         raise InputError("recgen needs a model with at least 2 levels")
 
 
-def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str) -> Tensor:
+def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str,
+                decoded: bool = False) -> Tensor:
     """Teacher-forced logits [B, T, V] of ids [B, T] (`logits[:, i]` predicts token i+1) as
     `mode` predicts them after a prompt of `prompt_len` tokens: the forward pass (HierGen and
-    the flat model, whatever the prompt), or RecGen's sequential likelihood (PHOTON, L >= 2)."""
-    if mode == "recgen" and isinstance(model, PhotonLM):
-        return sequential_logits(model, ids, prompt_len, "recgen")
+    the flat model, whatever the prompt), or RecGen's sequential likelihood (PHOTON, L >= 2).
+    `decoded` computes HierGen's through the cached decoding path too (PHOTON), which shows
+    that what generation samples from is what the forward pass scores."""
+    if isinstance(model, PhotonLM) and (mode == "recgen" or decoded):
+        return sequential_logits(model, ids, prompt_len, mode)
     return model(ids).logits
 
 
-def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int) -> Tensor:
+def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int,
+                decoded: bool) -> Tensor:
     """Summed next-token NLL (nats) of ids[:, first:] for a batch of equal windows."""
-    logits = mode_logits(model, ids, prompt_len, mode)
+    logits = mode_logits(model, ids, prompt_len, mode, decoded)
     targets = ids[:, first:]
     pred = logits[:, first - 1:-1].float()
     return F.cross_entropy(pred.flatten(0, 1), targets.flatten(), reduction="none").sum()
@@ -85,8 +89,10 @@ def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: in
 @torch.no_grad()
 def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
                     mode: str = "hiergen", window: int | None = None, stride: int | None = None,
-                    batch_size: int = 8, progress: bool = False) -> EvalResult:
-    """Score `tokens` (position 0 is context only) in overlapping windows."""
+                    batch_size: int = 8, progress: bool = False,
+                    decoded: bool = False) -> EvalResult:
+    """Score `tokens` (position 0 is context only) in overlapping windows; `decoded`: see
+    `mode_logits`."""
     check_mode(model, mode)
     if len(tokens) < 2:
         raise InputError("the text is too short to score: it needs at least 2 tokens")
@@ -110,7 +116,7 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
             # scored tokens, so it keeps a full window's worth of context as its prompt.
             prompt_len = offset if offset > 1 else length - stride
             total += _window_nll(model, batch.to(device), offset, mode,
-                                 max(prompt_len, 0)).double().cpu()
+                                 max(prompt_len, 0), decoded).double().cpu()
             bar.update(len(batch))
     bar.close()
     n_scored = len(tokens) - 1

@@ -18,12 +18,7 @@ import torch
 from torch import Tensor
 
 from photon.errors import CacheFullError
-
-
-def causal_mask(positions: Tensor, n_keys: int) -> Tensor:
-    """Boolean mask [B, 1, T, n_keys]: query at position p sees keys 0..p."""
-    keys = torch.arange(n_keys, device=positions.device)
-    return (keys[None, None, :] <= positions[:, :, None])[:, None]
+from photon.model.layers import window_mask
 
 
 class KVCache:
@@ -50,7 +45,8 @@ class KVCache:
         _, batch, _, capacity, _ = self.k.shape
         return self.nbytes // (batch * capacity)
 
-    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    def prepare(self, T: int, device: torch.device, window: int = 0
+                ) -> tuple[Tensor, Tensor | None]:
         lo, hi = int(self.lengths.min()), int(self.lengths.max())
         self._end = hi + T
         if self._end > self.capacity:
@@ -59,12 +55,15 @@ class KVCache:
         if lo == hi:  # every sequence at the same length: write and read by slicing
             self._start = lo
             positions = torch.arange(lo, lo + T, device=device)[None]
-            mask = None if T == 1 or lo == 0 else causal_mask(positions, self._end)
+            # A single query, or queries from position 0, need no mask unless the
+            # window hides some of the keys.
+            plain = (T == 1 or lo == 0) and (not window or self._end <= window)
+            mask = None if plain else window_mask(positions, self._end, window)
         else:
             self._start = None
             positions = self.lengths.to(device)[:, None] + torch.arange(T, device=device)
             self._positions = positions
-            mask = causal_mask(positions, self._end)
+            mask = window_mask(positions, self._end, window)
         return positions, mask
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,12 +120,15 @@ class LocalKVCache:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (*self.k.values(), *self.v.values()))
 
-    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    def prepare(self, T: int, device: torch.device, window: int = 0
+                ) -> tuple[Tensor, Tensor | None]:
         if self.length + T > self.capacity:
             raise CacheFullError(
                 f"local window of {self.capacity} exceeded ({self.length} + {T})")
         positions = torch.arange(self.length, self.length + T, device=device)[None]
-        mask = None if T == 1 or self.length == 0 else causal_mask(positions, self.length + T)
+        n_keys = self.length + T
+        plain = (T == 1 or self.length == 0) and (not window or n_keys <= window)
+        mask = None if plain else window_mask(positions, n_keys, window)
         return positions, mask
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -134,11 +134,11 @@ class PhotonDecoder(Slots):
         self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
         self.cond = self.recons = self.carries = self.top_cond = self.next_top = None
         metas = math.ceil(capacity / self.P)
-        # HierGen keeps every encoder level's cache; RecGen only the top one.
+        cached = c.cached_levels(mode)
         self.caches = [
             KVCache(c.encoder_layers[level - 1], batch, c.n_heads, c.head_dim,
                     metas * self.positions_per_meta(level), p.device, p.dtype)
-            if mode == "hiergen" or level == c.n_levels else None
+            if level in cached else None
             for level in range(1, c.n_levels + 1)
         ]
 

@@ -99,6 +99,10 @@ class PhotonConfig(_Common):
     # Level >= 2 decoders read the encoder states of earlier positions of their chunk instead
     # of their own outputs (docs/PHOTON.md §3.5); not the paper's form.
     latent_teacher_forcing: bool = False
+    # Causal attention window (in positions) of every context encoder below the top; 0 is
+    # global attention (the paper's form). At 1 each position reads only its own chunk, so
+    # decoding keeps no KV cache below the top level (docs/hierarchy.md §7).
+    encoder_window: int = 0
     model_type: ClassVar[str] = "photon"
 
     def __post_init__(self) -> None:
@@ -124,6 +128,11 @@ class PhotonConfig(_Common):
         _require(self.rec_alpha >= 0, "rec_alpha", f"must be >= 0, got {self.rec_alpha!r}")
         _require(not (self.latent_teacher_forcing and self.variant == "A"),
                  "latent_teacher_forcing", "is implemented for variant B only")
+        _require(isinstance(self.encoder_window, int) and not isinstance(self.encoder_window, bool)
+                 and self.encoder_window >= 0, "encoder_window",
+                 f"must be an integer >= 0 (0: global attention), got {self.encoder_window!r}")
+        _require(self.encoder_window == 0 or self.n_levels >= 2, "encoder_window",
+                 "windows the encoders below the top level; a one-level model has none")
 
     @property
     def n_levels(self) -> int:
@@ -137,6 +146,19 @@ class PhotonConfig(_Common):
     def tokens_per_position(self, level: int) -> int:
         """Tokens summarised by one position of level `level` (1-based)."""
         return math.prod(self.chunk_sizes[:level])
+
+    def encoder_window_of(self, level: int) -> int:
+        """Attention window of the level-`level` context encoder (0: global)."""
+        return self.encoder_window if level < self.n_levels else 0
+
+    def cached_levels(self, mode: str) -> list[int]:
+        """Levels whose context encoder keeps a KV cache while decoding in `mode`: every
+        level under HierGen except those with a window of 1 (they read only their own
+        chunk), the top level alone under RecGen (docs/PHOTON.md §5)."""
+        if mode == "recgen":
+            return [self.n_levels]
+        return [level for level in range(1, self.n_levels + 1)
+                if self.encoder_window_of(level) != 1]
 
 
 ModelConfig = PhotonConfig | TransformerConfig
@@ -198,6 +220,11 @@ def _build_presets() -> dict[str, ModelConfig]:
     presets["photon-small-2x2"] = small.replace(chunk_sizes=(2, 2))
     presets["photon-small-A"] = small.replace(variant="A")
     presets["photon-small-tf"] = small.replace(latent_teacher_forcing=True)
+    # Bounded memory with a closed loop (docs/hierarchy.md §7): latent teacher forcing, and a
+    # level-1 encoder that reads only its own chunk, so HierGen caches the top level alone.
+    for size in trios:
+        presets[f"photon-{size}-bounded"] = presets[f"photon-{size}"].replace(
+            latent_teacher_forcing=True, encoder_window=1)
     return presets
 
 

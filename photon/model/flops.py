@@ -12,14 +12,24 @@ from __future__ import annotations
 from photon.model.config import ModelConfig, PhotonConfig
 
 
-def _layer_matmul_flops(c: ModelConfig) -> int:
-    """Forward FLOPs of one block's weight matmuls for one position."""
-    return 2 * (4 * c.d_model * c.d_model + 3 * c.d_model * c.d_ff)
+def _layer_matmul_flops(c: ModelConfig, window: int = 0) -> int:
+    """Forward FLOPs of one block's weight matmuls for one position (a window of 1 has no
+    query and key projections)."""
+    projections = 2 if window == 1 else 4
+    return 2 * (projections * c.d_model * c.d_model + 3 * c.d_model * c.d_ff)
 
 
-def _causal_attention_flops(d_model: int, n: int) -> int:
-    """Forward attention FLOPs of one layer over a causal sequence of n positions, in total."""
-    return 4 * d_model * n * (n + 1) // 2
+def _causal_attention_flops(d_model: int, n: int, window: int = 0) -> int:
+    """Forward attention FLOPs of one layer over a causal sequence of n positions, in total;
+    with a `window` each query sees at most that many keys, and a window of 1 computes no
+    scores at all (the output is the position's own value)."""
+    if window == 1:
+        return 0
+    if not window or window >= n:
+        pairs = n * (n + 1) // 2
+    else:
+        pairs = window * (window + 1) // 2 + (n - window) * window
+    return 4 * d_model * pairs
 
 
 def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float:
@@ -34,12 +44,14 @@ def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float
         per_token = 1 / c.tokens_per_position(level)  # level-l positions per token
         M = max(T // c.tokens_per_position(level), 1)
         chunk = c.chunk_sizes[level - 1]
-        encoder = c.encoder_layers[level - 1] * (layer + _causal_attention_flops(D, M) / M)
+        window = c.encoder_window_of(level)
+        encoder = c.encoder_layers[level - 1] * (_layer_matmul_flops(c, window)
+                                                 + _causal_attention_flops(D, M, window) / M)
         chunker = 2 * chunk * D * D if level > 1 else 0
         converter = 2 * D * c.n_cond * D
-        window = c.n_cond + chunk - 1
-        decoder = c.decoder_layers[level - 1] * (window * layer
-                                                 + _causal_attention_flops(D, window))
+        local = c.n_cond + chunk - 1
+        decoder = c.decoder_layers[level - 1] * (local * layer
+                                                 + _causal_attention_flops(D, local))
         total += per_token * (encoder + chunker + converter + decoder)
     return total
 

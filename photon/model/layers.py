@@ -55,17 +55,26 @@ class LayerCache(Protocol):
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, layer_idx: int) -> None:
+    """Multi-head attention. With `self_only` every position attends to itself alone (a
+    window of 1): the output is its own value, so there are no query and key weights, and
+    no cache is needed."""
+
+    def __init__(self, d_model: int, n_heads: int, layer_idx: int,
+                 self_only: bool = False) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.layer_idx = layer_idx
-        self.wq = nn.Linear(d_model, d_model, bias=False)
-        self.wk = nn.Linear(d_model, d_model, bias=False)
+        self.self_only = self_only
+        if not self_only:
+            self.wq = nn.Linear(d_model, d_model, bias=False)
+            self.wk = nn.Linear(d_model, d_model, bias=False)
         self.wv = nn.Linear(d_model, d_model, bias=False)
         self.wo = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None,
                 mask: Tensor | None) -> Tensor:
+        if self.self_only:
+            return self.wo(self.wv(x))
         B, T, D = x.shape
         q, k, v = (w(x).view(B, T, self.n_heads, -1).transpose(1, 2)
                    for w in (self.wq, self.wk, self.wv))
@@ -91,10 +100,11 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, layer_idx: int) -> None:
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, layer_idx: int,
+                 self_only: bool = False) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_heads, layer_idx)
+        self.attn = Attention(d_model, n_heads, layer_idx, self_only)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, d_ff)
 
@@ -107,20 +117,37 @@ class Block(nn.Module):
 class StreamCache(LayerCache, Protocol):
     """A cache for a whole stack: per-sequence positions and masks for the next T inputs."""
 
-    def prepare(self, T: int, device: torch.device) -> tuple[Tensor, Tensor | None]: ...
+    def prepare(self, T: int, device: torch.device, window: int = 0
+                ) -> tuple[Tensor, Tensor | None]: ...
 
     def advance(self, n: int | Tensor) -> None: ...
 
 
+def window_mask(positions: Tensor, n_keys: int, window: int = 0) -> Tensor:
+    """Boolean mask [B, 1, T, n_keys]: the query at position p sees keys 0..p, or with a
+    `window` > 0 only the last `window` of them, p - window + 1..p."""
+    keys = torch.arange(n_keys, device=positions.device)[None, None, :]
+    seen = keys <= positions[:, :, None]
+    if window:
+        seen &= keys > positions[:, :, None] - window
+    return seen[:, None]
+
+
 class Stack(nn.Module):
-    """`n_layers` pre-norm blocks and a final RMSNorm: one causal Transformer."""
+    """`n_layers` pre-norm blocks and a final RMSNorm: one causal Transformer.
+
+    `window` > 0 limits every attention to the last `window` positions (sliding-window
+    attention), in training and decoding alike; a window of 1 needs no KV cache at all.
+    """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int,
-                 rope_base: float) -> None:
+                 rope_base: float, window: int = 0) -> None:
         super().__init__()
         self.n_layers = n_layers
+        self.window = window
         self.rotary = Rotary(d_model // n_heads, rope_base)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, i) for i in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, d_ff, i, self_only=window == 1)
+                                    for i in range(n_layers))
         self.norm = RMSNorm(d_model)
 
     def forward(self, x: Tensor, cache: StreamCache | None = None,
@@ -131,10 +158,13 @@ class Stack(nn.Module):
         T); right-padded prefill of prompts of different lengths passes their lengths.
         """
         T = x.shape[1]
+        if self.window == 1:  # each position reads only itself: nothing to cache
+            cache = None
         if cache is None:
-            positions, mask = torch.arange(T, device=x.device)[None], None
+            positions = torch.arange(T, device=x.device)[None]
+            mask = window_mask(positions, T, self.window) if self.window > 1 else None
         else:
-            positions, mask = cache.prepare(T, x.device)
+            positions, mask = cache.prepare(T, x.device, self.window)
         cos, sin = self.rotary(positions)
         for block in self.blocks:
             x = block(x, cos, sin, cache, mask)

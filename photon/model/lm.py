@@ -128,12 +128,13 @@ class PhotonLM(GenerationMixin, nn.Module):
         c = self.config = config
         D, L = c.d_model, c.n_levels
 
-        def stack(n: int) -> Stack:
-            return Stack(n, D, c.n_heads, c.d_ff, c.rope_base)
+        def stack(n: int, window: int = 0) -> Stack:
+            return Stack(n, D, c.n_heads, c.d_ff, c.rope_base, window)
 
         self.enc_embed = nn.Embedding(c.vocab_size, D // c.chunk_sizes[0])
         self.chunk_projs = nn.ModuleList(ChunkProjection(c.chunk_sizes[i], D) for i in range(1, L))
-        self.encoders = nn.ModuleList(stack(n) for n in c.encoder_layers)
+        self.encoders = nn.ModuleList(stack(n, c.encoder_window_of(level))
+                                      for level, n in enumerate(c.encoder_layers, start=1))
         self.converters = nn.ModuleList(nn.Linear(D, c.n_cond * D) for _ in range(L))
         self.decoders = nn.ModuleList(stack(n) for n in c.decoder_layers)
         self.dec_embed = nn.Embedding(c.vocab_size, D)

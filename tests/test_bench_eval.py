@@ -11,7 +11,7 @@ from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.tokenizer import Tokenizer
 from photon.evaluation.perplexity import evaluate_tokens, windows
-from tests.test_model import make
+from tests.conftest import make
 
 
 @pytest.mark.parametrize("n, window, stride", [(10, 4, 2), (10, 4, 3), (100, 16, 5), (3, 8, 4)])

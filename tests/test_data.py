@@ -155,6 +155,7 @@ def test_workers_and_sharding_do_not_change_the_result(env, tmp_path):
         prepare(src, tmp_path / "docs", "bytes", progress=False)
 
 
+@pytest.mark.e2e
 def test_killed_prepare_resumes_to_the_same_result(env, tmp_path):
     """SIGKILL a prepare after some pieces are done: no manifest, photon train refuses the
     directory, a rerun keeps the finished pieces and ends equal to an uninterrupted run."""

@@ -69,6 +69,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.e2e
 def test_fsdp_matches_one_process_and_resumes_exactly(data):
     prepared = ["--data", str(data / "prepared")]
     one, two, killed = data / "one", data / "two", data / "killed"

@@ -7,7 +7,7 @@ import photon
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache, LocalKVCache
 from photon.inference.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
-from tests.test_model import make
+from tests.conftest import make
 
 HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF",
                 "photon-W1-TF", "photon-W1", "photon-L3-W2"]

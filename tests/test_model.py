@@ -8,6 +8,7 @@ import torch
 import photon
 from photon.cli import main as cli_main
 from photon.model.config import ConfigError, PhotonConfig, config_from_dict
+from tests.conftest import MODELS, make
 
 PAPER_COUNTS = {
     "photon-600m": 646_399_104,
@@ -20,33 +21,6 @@ PAPER_COUNTS = {
     "block-900m": 887_878_656,
     "block-1.2b": 1_207_395_840,
 }
-
-# Every architecture the tests cover: (preset, config overrides).
-MODELS = {
-    "vanilla": ("vanilla-tiny", {}),
-    "block": ("block-tiny", {}),
-    "photon-B": ("photon-tiny", {"variant": "B"}),
-    "photon-A": ("photon-tiny", {"variant": "A"}),
-    "photon-L3": ("photon-tiny", {"chunk_sizes": (2, 2, 2), "encoder_layers": (1, 1, 1),
-                                  "decoder_layers": (1, 1, 1)}),
-    "photon-L3-A": ("photon-tiny", {"chunk_sizes": (2, 3, 2), "encoder_layers": (1, 1, 1),
-                                    "decoder_layers": (1, 1, 1), "variant": "A"}),
-    "photon-TF": ("photon-tiny", {"latent_teacher_forcing": True}),
-    "photon-L3-TF": ("photon-tiny", {"chunk_sizes": (2, 3, 2), "encoder_layers": (1, 1, 1),
-                                     "decoder_layers": (1, 1, 1), "latent_teacher_forcing": True}),
-    # Windowed lower encoders (docs/hierarchy.md §7): the bounded form, W = 1 without latent
-    # teacher forcing, and a window of 2 over three levels (masked, cached).
-    "photon-W1-TF": ("photon-tiny-bounded", {}),
-    "photon-W1": ("photon-tiny", {"encoder_window": 1}),
-    "photon-L3-W2": ("photon-tiny", {"chunk_sizes": (2, 2, 2), "encoder_layers": (2, 2, 1),
-                                     "decoder_layers": (1, 1, 1), "encoder_window": 2}),
-}
-
-
-def make(kind: str, seed: int = 0, **extra):
-    torch.manual_seed(seed)
-    name, overrides = MODELS[kind]
-    return photon.build_model(name, **overrides, **extra).eval()
 
 
 @pytest.mark.parametrize("name", PAPER_COUNTS)

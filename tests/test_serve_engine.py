@@ -19,7 +19,7 @@ from photon.serve.engine import (
 )
 from photon.serve.sampling import SamplingParams
 from photon.serve.text import TextStream
-from tests.test_model import make
+from tests.conftest import make
 
 KINDS = [("vanilla", "hiergen"), ("block", "hiergen"), ("photon-B", "hiergen"),
          ("photon-B", "recgen"), ("photon-A", "recgen"), ("photon-L3-A", "hiergen"),

@@ -19,7 +19,7 @@ from photon.data.tokenizer import Tokenizer
 from photon.serve.engine import Engine
 from photon.serve.engine import Request as EngineRequest
 from photon.serve.loadtest import ServerProcess, run_load
-from tests.test_model import make
+from tests.conftest import make
 
 KEY = "test-key"
 TOK = Tokenizer.bytes()
@@ -53,6 +53,7 @@ def generate(model, prompt: str, n: int, **kw) -> str:
     return TOK.decode(model.generate([TOK.encode(prompt)], n, **kw)[0])
 
 
+@pytest.mark.e2e
 def test_completion_equals_generate(tiny):
     server, model = tiny
     r = client(server).completions.create(model="tiny", prompt="Hello", max_tokens=30,
@@ -63,6 +64,7 @@ def test_completion_equals_generate(tiny):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 30)
 
 
+@pytest.mark.e2e
 def test_stream_pieces_join_to_the_completion(tiny):
     server, _ = tiny
     kw = dict(model="tiny", prompt="To be, or", max_tokens=40, temperature=0)
@@ -79,6 +81,7 @@ def test_stream_pieces_join_to_the_completion(tiny):
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
 
 
+@pytest.mark.e2e
 def test_n_with_a_seed_samples_what_generate_samples(tiny):
     server, model = tiny
     kw = dict(model="tiny", prompt="Once", max_tokens=20, temperature=0.9, top_p=0.95,
@@ -92,6 +95,7 @@ def test_n_with_a_seed_samples_what_generate_samples(tiny):
     assert r.usage.completion_tokens == 60
 
 
+@pytest.mark.e2e
 def test_several_prompts_and_token_ids(tiny):
     server, model = tiny
     r = client(server).completions.create(model="tiny", prompt=["ab", "cde"], max_tokens=8,
@@ -103,6 +107,7 @@ def test_several_prompts_and_token_ids(tiny):
     assert ids.choices[0].text == r.choices[0].text
 
 
+@pytest.mark.e2e
 def test_stop(tiny):
     server, model = tiny
     text = generate(model, "Hello", 40)
@@ -113,6 +118,7 @@ def test_stop(tiny):
     assert r.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.e2e
 def test_logprobs(tiny):
     server, model = tiny
     r = client(server).completions.create(model="tiny", prompt="Hello", max_tokens=12,
@@ -127,6 +133,7 @@ def test_logprobs(tiny):
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
 
 
+@pytest.mark.e2e
 def test_vote_and_best_of(tiny):
     server, model = tiny
     voted = client(server).completions.create(model="tiny", prompt="Hi", max_tokens=10,
@@ -147,6 +154,7 @@ def test_vote_and_best_of(tiny):
     assert best.choices[0].logprobs is None  # ranked by them, not asked for them
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("body, param", [
     ({"max_tokens": "x"}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -172,6 +180,7 @@ def test_bad_requests_are_400_with_an_openai_error(tiny, body, param):
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+@pytest.mark.e2e
 def test_malformed_json_unknown_path_and_auth(tiny):
     server, _ = tiny
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -187,6 +196,7 @@ def test_malformed_json_unknown_path_and_auth(tiny):
     assert [m.id for m in client(server).models.list()] == ["tiny"]
 
 
+@pytest.mark.e2e
 def test_health_and_metrics(tiny):
     server, _ = tiny
     health = httpx.get(f"{server.url}/health").json()
@@ -201,6 +211,7 @@ def test_health_and_metrics(tiny):
     assert 'photon_requests_total{code="200",path="/v1/completions"}' in text
 
 
+@pytest.mark.e2e
 def test_concurrent_load_loses_nothing(tiny):
     server, _ = tiny
     bodies = [{"model": "tiny", "prompt": "x" * (1 + i % 40), "max_tokens": 8 + i % 24,
@@ -226,6 +237,7 @@ def wait_for(condition, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.e2e
 def test_full_queue_is_429_and_a_disconnect_frees_its_slot(narrow):
     """Two long streams hold both slots, one request waits: the next is refused with 429.
     Closing one stream cancels its sequence, and the waiting request gets its slot."""
@@ -254,6 +266,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_its_slot(narrow):
     wait_for(lambda: metric(narrow, "photon_running_sequences") == 0)
 
 
+@pytest.mark.e2e
 def test_sigterm_drains(narrow):
     """On SIGTERM a running request finishes; one that cannot finish within the drain
     timeout (3 s for 16,000 tokens) is answered with an error event; the process exits by
@@ -292,6 +305,7 @@ def test_sigterm_drains(narrow):
         httpx.get(f"{narrow.url}/health")
 
 
+@pytest.mark.e2e
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     """The first Ctrl-C drains (here for up to 60 s), the second fails what runs and quits:
     the process ends within seconds, by the interrupt (exit status 130)."""

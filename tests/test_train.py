@@ -113,6 +113,7 @@ def test_checkpoint_roundtrip_identical_logits(tmp_path, preset, overrides):
         assert loaded.lm_head.weight is loaded.embed.weight
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_is_exact(env):
     out_a, out_b = env["root"] / "straight", env["root"] / "killed"
     common = [*TINY, "--data", env["corpus"], "--max-steps", "24", "--save-every", "6",
@@ -134,6 +135,7 @@ def test_resume_after_sigkill_is_exact(env):
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 25))  # no duplicates
 
 
+@pytest.mark.e2e
 def test_two_process_torchrun_matches_one_process(env):
     """Same global batch (8 = 2 processes x 4, or 1 process x 2 micro-batches of 4); losses
     agree to 1e-4 relative (only the order of gradient summation differs)."""

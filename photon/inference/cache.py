@@ -1,12 +1,11 @@
-"""KV caches.
+"""The global KV cache.
 
 `KVCache` is the preallocated cache of a global stream (every layer of the flat model, each
 context encoder of PHOTON). Each sequence of the batch has its own length, so prompts of
 different lengths share one batch; entries past a sequence's length are masked out.
 
-`LocalKVCache` holds one chunk's window of a local decoder: at most R + C entries, thrown
-away at every chunk. It grows by concatenation, which keeps it differentiable, so training
-(where level >= 2 decoders feed back their own outputs) uses it as well.
+A local decoder's window (at most R + C entries, thrown away at every chunk) is
+`photon.model.layers.LocalKVCache`: training uses it too.
 """
 
 from __future__ import annotations
@@ -105,38 +104,3 @@ class KVCache:
         self.k[:, rows, :, :end] = self.k[:, index, :, :end]
         self.v[:, rows, :, :end] = self.v[:, index, :, :end]
         self.lengths[list(dst)] = self.lengths[list(src)]
-
-
-class LocalKVCache:
-    """A local decoder's window: grows to at most `capacity` (R + C) entries."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.length = 0
-        self.k: dict[int, Tensor] = {}
-        self.v: dict[int, Tensor] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in (*self.k.values(), *self.v.values()))
-
-    def prepare(self, T: int, device: torch.device, window: int = 0
-                ) -> tuple[Tensor, Tensor | None]:
-        if self.length + T > self.capacity:
-            raise CacheFullError(
-                f"local window of {self.capacity} exceeded ({self.length} + {T})")
-        positions = torch.arange(self.length, self.length + T, device=device)[None]
-        n_keys = self.length + T
-        plain = (T == 1 or self.length == 0) and (not window or n_keys <= window)
-        mask = None if plain else window_mask(positions, n_keys, window)
-        return positions, mask
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if layer in self.k:
-            k = torch.cat((self.k[layer], k), dim=2)
-            v = torch.cat((self.v[layer], v), dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
-
-    def advance(self, n: int | Tensor) -> None:
-        self.length += int(n)

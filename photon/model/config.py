@@ -52,6 +52,11 @@ class _Common:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kind(self) -> str:
+        """'vanilla' (flat), 'block' (one level) or 'photon' (two or more levels)."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary, `model_type` included (the `config.json` layout)."""
         d = {"model_type": self.model_type}
@@ -79,6 +84,10 @@ class TransformerConfig(_Common):
     def __post_init__(self) -> None:
         self._validate_common()
         _positive_int(self.n_layers, "n_layers")
+
+    @property
+    def kind(self) -> str:
+        return "vanilla"
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ class PhotonConfig(_Common):
                  f"must be an integer >= 0 (0: global attention), got {self.encoder_window!r}")
         _require(self.encoder_window == 0 or self.n_levels >= 2, "encoder_window",
                  "windows the encoders below the top level; a one-level model has none")
+
+    @property
+    def kind(self) -> str:
+        return "block" if self.n_levels == 1 else "photon"
 
     @property
     def n_levels(self) -> int:

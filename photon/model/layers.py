@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from photon.errors import CacheFullError
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -171,3 +173,40 @@ class Stack(nn.Module):
         if cache is not None:
             cache.advance(T if advance is None else advance)
         return self.norm(x)
+
+
+class LocalKVCache:
+    """One chunk's window of a local decoder: at most `capacity` (R + C) entries, thrown
+    away at every chunk. It grows by concatenation, which keeps it differentiable, so
+    training (where level >= 2 decoders feed back their own outputs) uses it as well."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.k.values(), *self.v.values()))
+
+    def prepare(self, T: int, device: torch.device, window: int = 0
+                ) -> tuple[Tensor, Tensor | None]:
+        if self.length + T > self.capacity:
+            raise CacheFullError(
+                f"local window of {self.capacity} exceeded ({self.length} + {T})")
+        positions = torch.arange(self.length, self.length + T, device=device)[None]
+        n_keys = self.length + T
+        plain = (T == 1 or self.length == 0) and (not window or n_keys <= window)
+        mask = None if plain else window_mask(positions, n_keys, window)
+        return positions, mask
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if layer in self.k:
+            k = torch.cat((self.k[layer], k), dim=2)
+            v = torch.cat((self.v[layer], v), dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def advance(self, n: int | Tensor) -> None:
+        self.length += int(n)

@@ -15,6 +15,7 @@ decoder rebuilds the C_l finer positions under it, inside a window of at most R 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from photon.errors import InputError
-from photon.inference.cache import LocalKVCache
 from photon.model.config import ModelConfig, PhotonConfig, TransformerConfig, get_preset
-from photon.model.layers import RMSNorm, Stack, StreamCache
+from photon.model.layers import LocalKVCache, RMSNorm, Stack, StreamCache
 
 
 @dataclass
@@ -41,10 +41,17 @@ def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
         raise InputError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
+def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Next-token negative log-likelihood of every position, [B, T-1] nats: logits[:, i] is
+    scored against labels[:, i + 1]; a label of -100 scores 0 (ignored)."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:],
+                           ignore_index=-100, reduction="none")
+
+
 def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy: logits[:, i] is scored against labels[:, i + 1]."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=-100)
+    """Mean `token_nll` over the positions whose label is not ignored: the training loss."""
+    scored = (labels[:, 1:] != -100).sum().clamp(min=1)
+    return token_nll(logits, labels).sum() / scored
 
 
 class GenerationMixin:
@@ -180,28 +187,57 @@ class PhotonLM(GenerationMixin, nn.Module):
         B, N, D = latents.shape
         return self.converters[level - 1](latents).view(B * N, self.config.n_cond, D)
 
+    def decode_chunk(self, level: int, cond: Tensor,
+                     next_input: Callable[[int, Tensor], Tensor]) -> list[Tensor]:
+        """Local decoder `level` over every chunk at once, one position at a time: the
+        chunk's R conditioning vectors (from its latent, cond [B, N, D]) come first, then
+        output j (hidden state [B*N, 1, D]) is turned into the input of position j + 1 by
+        `next_input(j, output)`: the output itself, a token embedding of what it sampled,
+        or an encoder state. The window cache holds at most R + C_l entries. Returns the
+        C_l outputs; `next_input` is called for the last one too (its result is unused)."""
+        x = self.conditioning(level, cond)
+        cache = LocalKVCache(self.config.n_cond + self.config.chunk_sizes[level - 1])
+        outputs = []
+        for j in range(self.config.chunk_sizes[level - 1]):
+            h = self.decoders[level - 1](x, cache)[:, -1:]
+            outputs.append(h)
+            x = next_input(j, h)
+        return outputs
+
     def decode_latents(self, level: int, cond: Tensor, teacher: Tensor | None = None,
                        teacher_weight: float = 0.0) -> Tensor:
         """X̂^(l-1) [B, N*C_l, D] from the (already shifted) level-l conditioning [B, N, D].
 
-        The local decoder feeds back its own outputs, one position at a time, through a
-        window cache of at most R + C_l entries. With `teacher` (the encoder states X^(l-1)
-        of the same positions) each next input is teacher_weight * X + (1 - teacher_weight)
-        * own output: the training curriculum that moves from teacher forcing to this form.
+        The local decoder feeds back its own outputs (`decode_chunk`). With `teacher` (the
+        encoder states X^(l-1) of the same positions) each next input is teacher_weight * X
+        + (1 - teacher_weight) * own output: the training curriculum that moves from teacher
+        forcing to this form.
         """
         B, N, D = cond.shape
         C = self.config.chunk_sizes[level - 1]
-        if teacher is not None:
+        if teacher is None:
+            feed = lambda j, h: h
+        else:
             teacher = chunks_of(teacher, N, C)
-        x = self.conditioning(level, cond)
-        cache = LocalKVCache(self.config.n_cond + C)
-        outputs = []
-        for j in range(C):
-            x = self.decoders[level - 1](x, cache)[:, -1:]
-            outputs.append(x)
-            if teacher is not None:
-                x = torch.lerp(x, teacher[:, j:j + 1].to(x.dtype), teacher_weight)
-        return torch.cat(outputs, dim=1).view(B, N * C, D)
+            feed = lambda j, h: torch.lerp(h, teacher[:, j:j + 1].to(h.dtype), teacher_weight)
+        return torch.cat(self.decode_chunk(level, cond, feed), dim=1).view(B, N * C, D)
+
+    def decode_token_chunks(self, cond: Tensor, choose: Callable[[int, Tensor], Tensor]
+                            ) -> tuple[Tensor, Tensor]:
+        """The token decoder over S chunks per sequence, one token at a time, from their
+        conditioning latents cond [B, S, D]: `choose(j, logits [B, S, V])` picks token j of
+        every chunk (sampled, or forced where it is known), which the next position reads.
+        Returns (tokens [B, S, C_1], logits [B, S, C_1, V])."""
+        B, S, _ = cond.shape
+        tokens, logits = [], []
+
+        def feed(j: int, h: Tensor) -> Tensor:
+            logits.append(self.lm_head(h).view(B, S, -1))
+            tokens.append(choose(j, logits[-1]))
+            return self.dec_embed(tokens[-1].reshape(B * S, 1))
+
+        self.decode_chunk(1, cond, feed)
+        return torch.stack(tokens, dim=2), torch.stack(logits, dim=2)
 
     def decode_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
         """Local decoder `level` teacher-forced, every chunk at once: it reads the R

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from photon.data.tokenizer import Tokenizer
+from photon.device import resolve_device
 from photon.errors import CheckpointError, PhotonError
 from photon.model.config import config_from_dict
 from photon.model.lm import Model, build_model
@@ -122,6 +123,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Model, Tokenizer]:
     """The trained model (in eval mode, on `device`) and its tokenizer, from a checkpoint
     folder or a run folder (then its latest checkpoint)."""
+    device = resolve_device(device)
     ckpt = resolve_checkpoint(path)
     try:
         config = config_from_dict(json.loads((ckpt / CONFIG_FILE).read_text()))

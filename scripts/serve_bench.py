@@ -39,12 +39,13 @@ import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from photon import bench
+from photon import device as devices
 from photon.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from photon.data.corpus import get_tokenizer
 from photon.data.tokenizer import Tokenizer
 from photon.errors import PhotonError
-from photon.inference.generate import MODES
+from photon.inference.modes import MODES, modes_of
+from photon.inference.workload import run_workload
 from photon.model.lm import Model, build_model
 from photon.serve.loadtest import LoadResult, ServerProcess, run_load
 
@@ -116,7 +117,7 @@ def server_metrics(url: str) -> dict[str, float]:
 def decoder_run(model: Model, mode: str, batch: int, args) -> tuple[float, float]:
     """`photon bench`'s decoder alone at this batch and workload: (tokens/s, seconds) of its
     decode steps."""
-    prefill_s, total_s, _ = bench.run_workload(model, mode, batch, args.prompt_len, args.gen_len)
+    prefill_s, total_s, _ = run_workload(model, mode, batch, args.prompt_len, args.gen_len)
     return batch * args.gen_len / (total_s - prefill_s), total_s - prefill_s
 
 
@@ -267,9 +268,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device, dtype = bench.device_and_dtype(args.device, args.dtype)
-    args.dtype = {v: k for k, v in bench.DTYPES.items()}[dtype]  # the servers' --dtype
-    env = bench.environment(device, dtype)
+    device, dtype = devices.device_and_dtype(args.device, args.dtype)
+    args.dtype = {v: k for k, v in devices.DTYPES.items()}[dtype]  # the servers' --dtype
+    env = devices.environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
     started = time.monotonic()
@@ -291,8 +292,8 @@ def main() -> None:
     for name, ckpt in compared.items():
         model, tokenizer = load_model(ckpt, device=device)
         model = model.to(dtype)
-        for mode in bench.modes_of(model, modes):
-            label = mode if bench.kind_of(model) == "photon" else "-"
+        for mode in modes_of(model.config, modes):
+            label = mode if model.config.kind == "photon" else "-"
             print(f"compare: {name} ({label}) at {args.budget_gib} GiB ...", flush=True)
             rows.append(compare_phase(name, ckpt, model, mode, tokenizer.vocab_size, args))
             rows[-1]["mode"] = label

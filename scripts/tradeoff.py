@@ -29,12 +29,14 @@ from pathlib import Path
 
 import torch
 
-from photon import bench
+from photon.bench import plots, protocol
 from photon.checkpoint import load_model
 from photon.data.corpus import validation_text
 from photon.data.prepare import load_tokens, pack
+from photon.device import environment
 from photon.evaluation.perplexity import evaluate_text
 from photon.evaluation.probe import probe, unigram_logprobs
+from photon.inference.modes import mode_label, modes_of
 from photon.model.lm import PhotonLM
 
 MODELS = ["vanilla-small", "block-small", "photon-small", "photon-small-tf", "photon-small-2x2",
@@ -83,7 +85,7 @@ def main() -> None:
     models = args.models or (QUICK_MODELS if args.quick else MODELS)
     flops = 2e11 if args.quick else args.flops
     extra = ["--tokenizer", "bytes", "--seq-len", "128"] if args.quick else []
-    workloads = bench.QUICK_WORKLOADS if args.quick else bench.WORKLOADS
+    workloads = protocol.QUICK_WORKLOADS if args.quick else protocol.WORKLOADS
     text = validation_text("shakespeare")
     if args.quick or args.eval_bytes:
         limit = args.eval_bytes or 20_000
@@ -99,12 +101,12 @@ def main() -> None:
     for preset in models:
         run, info = out / preset, infos[preset]
         model, tokenizer = load_model(run)
-        kind = bench.kind_of(model)
+        kind = model.config.kind
         if isinstance(model, PhotonLM):
             probes[preset] = context_use(model, tokenizer)
-        for mode in bench.modes_of(model, ["hiergen", "recgen"]):
+        for mode in modes_of(model.config):
             quality = evaluate_text(model, tokenizer, text, mode=mode, progress=True)
-            row_label = bench.label(preset, mode if kind == "photon" else "-")
+            row_label = protocol.label(preset, mode_label(model.config, mode))
             base = {"label": row_label, "model": preset, "kind": kind, "mode": mode,
                     "bpb": quality.bpb, "ppl": quality.ppl, "train_wall_s": info.get("wall_s"),
                     "train_tokens": info.get("tokens"), "train_flops": info.get("flops"),
@@ -114,7 +116,7 @@ def main() -> None:
                 entries.append({**base, "workload": None})
                 continue
             for workload, (p, g) in workloads.items():
-                row = bench.measure(preset, model, mode, workload, p, g, args.budget_gib,
+                row = protocol.measure(preset, model, mode, workload, p, g, args.budget_gib,
                                     args.max_batch, (2, 8))
                 rows.append(row)
                 entries.append({**base, "workload": workload, "tpm": row.tpm,
@@ -138,13 +140,13 @@ def report(entries: list[dict], rows: list, workloads: dict, flops: float, start
            out: Path, no_bench: bool) -> None:
     """results.json, the trade-off plots and the Markdown tables."""
     if not no_bench:
-        bench.add_ratios(rows)
+        protocol.add_ratios(rows)
         for entry, row in zip(entries, rows, strict=True):
             entry["tpm_vs_vanilla"] = row.vs_vanilla
         for workload in workloads:
-            bench.plot_tradeoff([e for e in entries if e["workload"] == workload],
+            plots.plot_tradeoff([e for e in entries if e["workload"] == workload],
                                 str(out / f"tradeoff_{workload}.png"), workload)
-    env = bench.environment(torch.device("cpu"), torch.float32)
+    env = environment(torch.device("cpu"), torch.float32)
     total = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(
         {**env, "flops": flops, "wall_s": total, "entries": entries}, indent=1))

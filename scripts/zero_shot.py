@@ -24,9 +24,9 @@ import lm_eval
 from lm_eval.tasks import TaskManager
 
 import photon.integrations.lm_eval  # noqa: F401  (registers the harness model "photon")
-from photon.bench import modes_of
 from photon.checkpoint import load_model, resolve_checkpoint
 from photon.data.corpus import cache_dir
+from photon.inference.modes import modes_of
 from photon.integrations.tasks import CLOZE_TASK, MC_TASK, PPL_TASK, write_tasks
 from photon.model.lm import count_parameters
 
@@ -81,7 +81,7 @@ def main() -> None:
         model, _ = load_model(run)
         params = count_parameters(model.config)[0]
         rows += [{**score(run, mode, tasks, args), "params": params}
-                 for mode in modes_of(model, ["hiergen", "recgen"])]
+                 for mode in modes_of(model.config)]
     print(table(rows))
     if args.limit:
         print(f"(--limit {args.limit}: a subset, not the task's result)")

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import photon
-from photon import bench
+from photon.bench.plots import pareto_front
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.tokenizer import Tokenizer
 from photon.evaluation.perplexity import evaluate_tokens, windows
+from photon.inference import workload
+from photon.inference.modes import modes_of
 from tests.conftest import make
 
 
@@ -43,26 +45,26 @@ def test_eval_is_independent_of_batch_size(kind, mode):
 def test_cache_bytes_match_the_analytic_size():
     for kind in ("vanilla", "block", "photon-B", "photon-L3"):
         model = make(kind)
-        for mode in bench.modes_of(model, ["hiergen", "recgen"]):
-            _, _, decoder = bench.run_workload(model, mode, 3, 40, 100, max_steps=1)
-            expected = bench.analytic_cache_bytes(model, mode, 140, torch.float32)
+        for mode in modes_of(model.config):
+            _, _, decoder = workload.run_workload(model, mode, 3, 40, 100, max_steps=1)
+            expected = workload.analytic_cache_bytes(model, mode, 140, torch.float32)
             assert decoder.cache_bytes == 3 * expected, (kind, mode)
 
 
 def test_memory_slope_is_the_cache_plus_little():
     """Decode-heavy, the per-sample peak-memory slope is dominated by the KV cache."""
     model = make("vanilla")
-    slope, _ = bench.memory_profile(model, "hiergen", 16, 1024, (2, 6))
-    cache = bench.analytic_cache_bytes(model, "hiergen", 16 + 1024, torch.float32)
+    slope, _ = workload.memory_profile(model, "hiergen", 16, 1024, (2, 6))
+    cache = workload.analytic_cache_bytes(model, "hiergen", 16 + 1024, torch.float32)
     assert cache <= slope <= 1.15 * cache, (slope, cache)
     # PHOTON's cache is 16x smaller per level-2 entry: its slope must be far below vanilla's.
-    photon_slope, _ = bench.memory_profile(make("photon-B"), "recgen", 16, 1024, (2, 6))
+    photon_slope, _ = workload.memory_profile(make("photon-B"), "recgen", 16, 1024, (2, 6))
     assert photon_slope < slope / 4
 
 
 def test_pareto_front():
     points = [(10, 1.0), (100, 1.2), (50, 1.5), (1000, 2.0), (5, 0.9)]
-    assert bench.pareto_front(points) == [(1000, 2.0), (100, 1.2), (10, 1.0), (5, 0.9)]
+    assert pareto_front(points) == [(1000, 2.0), (100, 1.2), (10, 1.0), (5, 0.9)]
 
 
 def test_bench_quick_end_to_end(tmp_path, capsys):

@@ -5,8 +5,11 @@ import torch
 
 import photon
 from photon.errors import CacheFullError, InputError
-from photon.inference.cache import KVCache, LocalKVCache
-from photon.inference.generate import FlatDecoder, PhotonDecoder, generate, sequential_logits
+from photon.inference.cache import KVCache
+from photon.inference.decoders import FlatDecoder, PhotonDecoder
+from photon.inference.generate import generate
+from photon.inference.scoring import sequential_logits
+from photon.model.layers import LocalKVCache
 from tests.conftest import make
 
 HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF",

@@ -24,8 +24,9 @@ from photon.cli import main as cli_main  # noqa: E402
 from photon.cli.harness import harness_args  # noqa: E402
 from photon.data.tokenizer import Tokenizer  # noqa: E402
 from photon.evaluation.perplexity import evaluate_text  # noqa: E402
-from photon.inference import generate as generation  # noqa: E402
-from photon.inference.generate import generate_text, sequential_logits  # noqa: E402
+from photon.inference import decoders as generation  # noqa: E402
+from photon.inference.generate import generate_text  # noqa: E402
+from photon.inference.scoring import sequential_logits  # noqa: E402
 from photon.integrations.lm_eval import PhotonHarnessLM  # noqa: E402
 from photon.integrations.tasks import (  # noqa: E402
     GEN_TASK,

@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import asdict
 
 
 def run(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from photon import bench
+    from photon.bench import plots, protocol
+    from photon.device import device_and_dtype, environment
+    from photon.inference.modes import modes_of
 
-    device, dtype = bench.device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.size or ("tiny" if args.quick else "600m" if device.type == "cuda" else "small")
     names = args.models or [f"{kind}-{size}" for kind in ("vanilla", "block", "photon")]
-    workloads = bench.QUICK_WORKLOADS if args.quick else bench.WORKLOADS
+    workloads = protocol.QUICK_WORKLOADS if args.quick else protocol.WORKLOADS
     if args.prompt_len or args.gen_len:
         workloads = {"custom": (args.prompt_len or 128, args.gen_len or 128)}
     else:
@@ -27,33 +30,33 @@ def run(args: argparse.Namespace) -> None:
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
     batches = tuple(int(b) for b in args.slope_batches.split(","))
     modes = args.modes.split(",")
-    models = bench.load_models(names, device, dtype, args.compile)
-    env = bench.environment(device, dtype)
+    models = load_models(names, device, dtype, args.compile)
+    env = environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
     print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
     jobs = [(name, model, mode, wl, p, g) for name, model in models
-            for mode in bench.modes_of(model, modes) for wl, (p, g) in workloads.items()]
+            for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
     for name, model, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
-        rows.append(bench.measure(name, model, mode, wl, p, g, budget, max_batch, batches))
-    bench.add_ratios(rows)
-    print(bench.format_table(rows))
+        rows.append(protocol.measure(name, model, mode, wl, p, g, budget, max_batch, batches))
+    protocol.add_ratios(rows)
+    print(protocol.format_table(rows))
 
-    out = {**env, "rows": [bench.asdict(r) for r in rows]}
+    out = {**env, "rows": [asdict(r) for r in rows]}
     os.makedirs(args.out, exist_ok=True)
     if args.sweep or args.quick:
         contexts = [int(c) for c in (args.sweep or "32,128").split(",")]
         points = []
         sweep_jobs = [(name, model, mode) for name, model in models
-                      for mode in bench.modes_of(model, modes)]
+                      for mode in modes_of(model.config, modes)]
         for name, model, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
-            points += bench.context_sweep(name, model, mode, contexts,
+            points += protocol.context_sweep(name, model, mode, contexts,
                                           2 if args.quick else args.sweep_batch,
                                           32 if args.quick else args.sweep_gen)
         path = os.path.join(args.out, "context_sweep.png")
-        bench.plot_sweep(points, path)
+        plots.plot_sweep(points, path)
         print(f"context sweep plot: {path}")
-        out["sweep"] = [bench.asdict(p) for p in points]
+        out["sweep"] = [asdict(p) for p in points]
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(f"results: {os.path.join(args.out, 'bench.json')}")
@@ -61,6 +64,32 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(out))
 
 
+
+
+def load_models(names: list[str], device, dtype, compile_stacks: bool) -> list[tuple[str, object]]:
+    """Presets (randomly initialised: speed does not depend on the weights) or checkpoints."""
+    import torch
+
+    from photon.model.layers import Stack
+    from photon.model.lm import build_model
+
+    models = []
+    for name in names:
+        if os.path.exists(name):
+            from photon.checkpoint import load_model
+
+            model, _ = load_model(name, device=device)
+            name = os.path.basename(os.path.normpath(name))
+        else:
+            torch.manual_seed(0)
+            model = build_model(name, device=device)
+        model = model.to(dtype).eval()
+        if compile_stacks:
+            for module in model.modules():
+                if isinstance(module, Stack):
+                    module.compile(dynamic=True)
+        models.append((name, model))
+    return models
 
 
 def add_parser(verbs) -> None:

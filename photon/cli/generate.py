@@ -9,7 +9,8 @@ import json
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
     from photon.errors import InputError
-    from photon.inference.generate import generate_text, make_sampler
+    from photon.inference.generate import generate_text
+    from photon.inference.sampling import check_sampling
 
     if (args.prompt is None) == (args.prompt_file is None):
         raise InputError("give exactly one of --prompt TEXT and --prompt-file FILE")
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> None:
         prompts = [args.prompt]
     if args.max_new_tokens <= 0:
         raise InputError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    make_sampler(args.temperature, args.top_k, args.top_p)  # bad values fail before output
+    check_sampling(args.temperature, args.top_k, args.top_p, args.seed)  # before any output
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
     single = len(prompts) == 1

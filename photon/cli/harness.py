@@ -26,11 +26,11 @@ def _value(flags: list[str], name: str) -> str | None:
 
 def harness_args(args: argparse.Namespace, tasks_dir: str) -> list[str]:
     """The harness's flags: the user's, plus photon's defaults for those not given."""
-    import torch
+    from photon.device import resolve_device
 
     flags = list(args.extra_args)
     defaults = {"--model": "photon", "--include_path": tasks_dir, "--batch_size": "16",
-                "--device": "cuda" if torch.cuda.is_available() else "cpu"}
+                "--device": resolve_device().type}
     for name, value in defaults.items():
         if _value(flags, name) is None:
             flags += [name, value]

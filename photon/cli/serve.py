@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
     from photon.serve.engine import Engine
 
-GIB = 1024**3
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -42,14 +41,14 @@ def run(args: argparse.Namespace) -> None:
                          "pip install -e '.[serve]'") from None
     import torch
 
-    from photon import bench
     from photon.checkpoint import load_model
+    from photon.device import GIB, device_and_dtype
     from photon.serve.engine import Engine, slots_for_budget
 
     if args.threads:
         torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
-    device, dtype = bench.device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:

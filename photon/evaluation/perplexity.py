@@ -9,7 +9,7 @@ tokenizers compare fairly.
 
 Under RecGen (PHOTON with L >= 2) each window's unscored context is the prompt: its complete
 meta-contexts are encoded, and the scored tokens are predicted with the top stream advanced by
-the decoder's own reconstructions (`photon.inference.generate.sequential_logits`). The first
+the decoder's own reconstructions (`photon.inference.scoring.sequential_logits`). The first
 window's context is scored as a prompt is, by the encoder (HierGen), as there is nothing
 before it.
 """
@@ -20,13 +20,13 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from photon.errors import InputError
-from photon.inference.generate import MODES, sequential_logits
-from photon.model.lm import Model, PhotonLM
+from photon.inference.modes import check_mode
+from photon.inference.scoring import sequential_logits
+from photon.model.lm import Model, PhotonLM, token_nll
 
 
 @dataclass
@@ -57,14 +57,6 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
     return spans
 
 
-def check_mode(model: Model, mode: str) -> None:
-    """Raise a clear error for a mode the model cannot be scored in."""
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "recgen" and isinstance(model, PhotonLM) and model.config.n_levels < 2:
-        raise InputError("recgen needs a model with at least 2 levels")
-
-
 def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str,
                 decoded: bool = False) -> Tensor:
     """Teacher-forced logits [B, T, V] of ids [B, T] (`logits[:, i]` predicts token i+1) as
@@ -80,10 +72,7 @@ def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str,
 def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int,
                 decoded: bool) -> Tensor:
     """Summed next-token NLL (nats) of ids[:, first:] for a batch of equal windows."""
-    logits = mode_logits(model, ids, prompt_len, mode, decoded)
-    targets = ids[:, first:]
-    pred = logits[:, first - 1:-1].float()
-    return F.cross_entropy(pred.flatten(0, 1), targets.flatten(), reduction="none").sum()
+    return token_nll(mode_logits(model, ids, prompt_len, mode, decoded), ids)[:, first - 1:].sum()
 
 
 @torch.no_grad()
@@ -93,7 +82,7 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
                     decoded: bool = False) -> EvalResult:
     """Score `tokens` (position 0 is context only) in overlapping windows; `decoded`: see
     `mode_logits`."""
-    check_mode(model, mode)
+    check_mode(model.config, mode)
     if len(tokens) < 2:
         raise InputError("the text is too short to score: it needs at least 2 tokens")
     window = window or model.config.max_seq_len

@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from photon.errors import InputError
-from photon.inference.generate import sequential_logits
-from photon.model.lm import Model, PhotonLM
+from photon.inference.scoring import sequential_logits
+from photon.model.lm import Model, PhotonLM, token_nll
 
 
 def unigram_logprobs(tokens: np.ndarray, vocab_size: int) -> Tensor:
@@ -44,11 +43,6 @@ def unigram_logprobs(tokens: np.ndarray, vocab_size: int) -> Tensor:
     counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)[:vocab_size]
     counts = torch.from_numpy(counts).double() + 1
     return (counts / counts.sum()).log()
-
-
-def nll(logits: Tensor, ids: Tensor) -> Tensor:
-    """Per-token negative log-likelihood [B, T-1] of ids[:, 1:] under logits[:, :-1]."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:], reduction="none")
 
 
 def swapped(states: list[Tensor]) -> list[Tensor]:
@@ -66,11 +60,11 @@ def ablation_nll(model: PhotonLM, ids: Tensor, zero: bool = True) -> dict[str, T
     zeroed ("zero", unless `zero` is False) and swapped between the sequences of the batch
     ("swap", B >= 2)."""
     states = model.encode_prefix(ids)
-    out = {"base": nll(model.predict(ids, states).logits, ids)}
+    out = {"base": token_nll(model.predict(ids, states).logits, ids)}
     if zero:
-        out["zero"] = nll(model.predict(ids, zeroed(states)).logits, ids)
+        out["zero"] = token_nll(model.predict(ids, zeroed(states)).logits, ids)
     if ids.shape[0] >= 2:
-        out["swap"] = nll(model.predict(ids, swapped(states)).logits, ids)
+        out["swap"] = token_nll(model.predict(ids, swapped(states)).logits, ids)
     return out
 
 
@@ -199,7 +193,7 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
         states_all.append([s.cpu() for s in model.encode_prefix(ids)])
         if has_recgen:
             seq = sequential_logits(model, ids, half, "recgen")
-            for key, value in (("recgen", nll(seq, ids)), ("hiergen", losses["base"])):
+            for key, value in (("recgen", token_nll(seq, ids)), ("hiergen", losses["base"])):
                 rec[key] += _sum_by_position(value, half - 1, P)
     by_position = {k: (v / count).tolist() for k, v in sums.items()}
     first = {k: float(np.mean(v[::C])) for k, v in by_position.items()}

@@ -50,6 +50,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from photon.checkpoint import CONFIG_FILE, load_model, resolve_checkpoint, save_checkpoint
 from photon.data.tokenizer import EOS, Tokenizer
+from photon.device import resolve_device
 from photon.errors import CheckpointError, DependencyError, InputError
 from photon.model.config import ModelConfig, PhotonConfig, TransformerConfig, config_from_dict
 from photon.model.lm import Model, build_model
@@ -195,7 +196,7 @@ class PhotonForCausalLM(PreTrainedModel, GenerationMixin):
             raise InputError("from_pretrained: positional model arguments are not supported")
         ckpt = _local_checkpoint(pretrained_model_name_or_path, kwargs)
         if device_map == "auto":
-            device_map = "cuda" if torch.cuda.is_available() else "cpu"
+            device_map = resolve_device()
         if isinstance(device_map, dict):
             raise InputError("from_pretrained: device_map must name one device")
         model, tokenizer = load_model(ckpt, device=device_map or "cpu")

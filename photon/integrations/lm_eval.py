@@ -30,16 +30,17 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from photon.checkpoint import load_model
+from photon.device import resolve_device
 from photon.errors import InputError
-from photon.evaluation.perplexity import check_mode, evaluate_text, mode_logits
+from photon.evaluation.perplexity import evaluate_text, mode_logits
 from photon.inference.generate import generate_text
-from photon.model.lm import PhotonLM
+from photon.inference.modes import check_mode
+from photon.model.lm import PhotonLM, token_nll
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _device(requested: str | None) -> torch.device:
     if requested and requested.startswith("cuda") and not torch.cuda.is_available():
         log.warning("photon: %s requested but no GPU is available; using the CPU", requested)
         return torch.device("cpu")
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(requested)
 
 
 def _batches(items: list, size: int, key) -> Iterator[list]:
@@ -88,7 +89,7 @@ class PhotonHarnessLM(TemplateLM):
         self._device = _device(device)
         model, self.tokenizer = load_model(pretrained, device=self._device)
         self.model = model.to(DTYPES[dtype])
-        check_mode(self.model, mode)
+        check_mode(self.model.config, mode)
         self.mode, self.pretrained = mode, str(pretrained)
         self.batch_size = int(batch_size)
         self.window = int(window) if window else self.model.config.max_seq_len
@@ -151,18 +152,20 @@ class PhotonHarnessLM(TemplateLM):
     def _score(self, batch: list[tuple[int, list[int], int]]) -> list[tuple[float, bool]]:
         """(log-likelihood, greedy) of the tokens after each prompt, for one group's batch.
         Rows are right-padded: a causal model's logits at real positions never see it."""
-        inputs = [tokens[:-1] for _, tokens, _ in batch]  # the last token is only a target
-        ids = torch.zeros(len(batch), max(map(len, inputs)), dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, :len(x)] = torch.tensor(x)
+        width = max(len(tokens) for _, tokens, _ in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        labels = torch.full_like(ids, -100)  # only the continuation is scored
+        for row, (_, tokens, prompt) in enumerate(batch):
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            labels[row, prompt:len(tokens)] = ids[row, prompt:len(tokens)]
         logits = mode_logits(self.model, ids.to(self._device), batch[0][2], self.mode)
+        nll = token_nll(logits, labels.to(logits.device))
         scores = []
         for row, (_, tokens, prompt) in enumerate(batch):
-            logprobs = F.log_softmax(logits[row, prompt - 1:len(tokens) - 1].float(), dim=-1)
-            target = torch.tensor(tokens[prompt:], device=logprobs.device)
-            picked = logprobs.gather(-1, target[:, None]).squeeze(-1)
-            scores.append((picked.double().sum().item(),
-                           bool((logprobs.argmax(-1) == target).all())))
+            span = slice(prompt - 1, len(tokens) - 1)  # logits[:, i] predicts token i + 1
+            greedy = logits[row, span].argmax(-1) == labels[row, prompt:len(tokens)].to(
+                logits.device)
+            scores.append((-nll[row, span].double().sum().item(), bool(greedy.all())))
         return scores
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

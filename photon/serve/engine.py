@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from photon import bench
 from photon.errors import InputError, PhotonError
-from photon.inference.generate import MODES, _padded
-from photon.model.lm import Model, PhotonLM
+from photon.inference.decoders import make_decoder
+from photon.inference.modes import check_mode, mode_label
+from photon.inference.prompts import check_fits, check_prompt, pad_prompts
+from photon.inference.workload import batch_for_budget
+from photon.model.lm import Model
 from photon.serve.metrics import Metrics
 from photon.serve.sampling import BatchSampler, SamplingParams, chosen_logprobs
 from photon.serve.text import TextStream
@@ -171,8 +173,8 @@ def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
     rule as the benchmark's (budget minus weights and the batch-independent intercept).
     """
     prompt = min(16, max_len - 1)
-    return bench.batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
-                                  max_batch=1 << 20)
+    return batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
+                            max_batch=1 << 20)
 
 
 class Engine:
@@ -183,15 +185,15 @@ class Engine:
                  seed: int | None = None, metrics: Metrics | None = None) -> None:
         if slots < 1:
             raise InputError(f"the engine needs at least one slot, got {slots}")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        check_mode(model.config, mode)
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.mode = mode if isinstance(model, PhotonLM) else "-"
+        self.decode_mode = mode
+        self.mode = mode_label(model.config, mode)
         self.slots, self.max_len = slots, max_len
         self.max_queue, self.prefill_tokens = max_queue, prefill_tokens
         self.eos_id = tokenizer.eos_id
         self.device = next(model.parameters()).device
-        self.decoder = bench.make_decoder(model, mode, slots, max_len)
+        self.decoder = make_decoder(model, mode, slots, max_len)
         self.decoder.open_slots()
         self.sampler = BatchSampler(self.device, seed)
         self.metrics = metrics or Metrics()
@@ -229,12 +231,8 @@ class Engine:
             self._cv.notify()
 
     def _check(self, r: Request) -> None:
-        vocab = self.model.config.vocab_size
-        if not r.prompt or not all(0 <= t < vocab for t in r.prompt):
-            raise InputError(f"a prompt needs at least one token id in [0, {vocab})")
-        if r.max_tokens < 1 or len(r.prompt) + r.max_tokens > self.max_len:
-            raise InputError(f"{len(r.prompt)} prompt tokens + max_tokens {r.max_tokens} do "
-                             f"not fit a sequence of {self.max_len} tokens")
+        check_prompt(r.prompt, self.model.config.vocab_size)
+        check_fits(len(r.prompt), r.max_tokens, self.max_len)
         if not 1 <= r.n <= self.slots:
             raise InputError(f"n must be in [1, {self.slots}] (the slots), got {r.n}")
 
@@ -339,7 +337,7 @@ class Engine:
             self.metrics.full_batch_seconds.inc(time.monotonic() - started)
 
     def _join(self, requests: list[Request]) -> None:
-        ids, lengths = _padded([r.prompt for r in requests], self.device)
+        ids, lengths = pad_prompts([r.prompt for r in requests], self.device)
         order = self.decoder.admit(ids, lengths, [r.n for r in requests])
         copies = [0] * len(requests)
         for i in order:
@@ -398,8 +396,8 @@ class Engine:
         if reset:
             with self._cv:  # submit reads the free slots
                 self.decoder = None  # the old caches go before new ones are allocated
-                self.decoder = bench.make_decoder(self.model, self.mode, self.slots,
-                                                  self.max_len)
+                self.decoder = make_decoder(self.model, self.decode_mode, self.slots,
+                                            self.max_len)
                 self.decoder.open_slots()
         elif self.rows and self.decoder is not None:
             self.decoder.release(range(len(self.rows)))

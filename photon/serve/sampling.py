@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from photon.inference.generate import Sampler, make_sampler
+from photon.inference.sampling import Sampler, make_sampler
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,12 @@ from tqdm import tqdm
 from photon import checkpoint as ckpt_io
 from photon.data.corpus import SHAKESPEARE, WindowSampler, read_windows
 from photon.data.prepare import load_tokens, pack, tokenizer_for
+from photon.device import resolve_device
 from photon.errors import CheckpointError, ConfigError, DataError
-from photon.evaluation.probe import ablation_nll, nll
+from photon.evaluation.probe import ablation_nll
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
-from photon.model.lm import Model, PhotonLM, build_model
+from photon.model.lm import Model, PhotonLM, build_model, token_nll
 from photon.training import parallel
 
 
@@ -177,7 +178,7 @@ class Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        cuda = resolve_device(device).type == "cuda"
         self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
@@ -241,7 +242,7 @@ def evaluate(model: Model, tokens, seq_len: int, max_tokens: int, byte_lengths: 
         x = read_windows(tokens, starts[i:i + batch], length).to(ctx.device)
         with autocast():
             losses = ablation_nll(model, x, zero=False) if hier else \
-                {"base": nll(model(x).logits, x)}
+                {"base": token_nll(model(x).logits, x)}
         nats += losses["base"].double().sum().item()
         nbytes += byte_lengths[x[:, 1:].cpu()].sum().item()
         if "swap" in losses:

@@ -1,0 +1,63 @@
+"""Where a model runs: the one resolver behind every `--device` / `--dtype` choice (the CLI
+verbs, training, the harness and transformers integrations), and a description of the
+machine that results are stored with."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from photon.errors import InputError
+
+GIB = 1024**3
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def resolve_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device to run on: CUDA when there is one for None or "auto", else the CPU. A
+    named device is checked, so a typo or CUDA on a machine without a GPU is one clear
+    error instead of a failure deep inside the first tensor operation."""
+    if requested is None or requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {str(requested)!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(requested)!r} asked for, but this machine has no "
+                             "CUDA GPU that torch can use; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(requested)!r}: only {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif device.type != "cpu":
+        raise InputError(f"device {str(requested)!r} is not supported; use cpu or cuda")
+    return device
+
+
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """The `--device` and `--dtype` flags of the CLI: CUDA when there is one, bf16 on CUDA
+    and fp32 on the CPU unless given."""
+    resolved = resolve_device(device)
+    if dtype is not None and dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return resolved, DTYPES[dtype] if dtype else (
+        torch.bfloat16 if resolved.type == "cuda" else torch.float32)
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict:
+    """Device, dtype, threads and versions: stored next to every measurement."""
+    info = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
+                                   if line.startswith("model name"))
+        except (OSError, StopIteration):
+            info["cpu"] = platform.processor()
+    return info

@@ -1,0 +1,269 @@
+"""The decoders: prefill, then one step at a time, over preallocated caches.
+
+`FlatDecoder` decodes the flat Transformer one token per step. `PhotonDecoder` decodes PHOTON
+one meta-context (C_1…C_L tokens) per step. Its token chunks depend only on their
+conditioning latents, never on each other's tokens, so all sub-chunks of a meta-context
+decode in parallel: C_1 local-decoder steps make C_1…C_L tokens. Tokens already known (the
+end of a prompt that does not fill its meta-context, or every token when scoring a text)
+are forced in place of samples, which makes a partial prompt, a batch of prompts of
+different lengths and teacher-forced scoring one code path. After each meta-context:
+- HierGen re-encodes its tokens bottom-up, advancing the encoder caches (a level whose
+  encoder reads only its own chunk, `encoder_window=1`, keeps none);
+- RecGen feeds the decoder's own reconstruction X̂^(L-1) through the top chunker and takes
+  one step of the top encoder; the lower encoders are used for the prompt only.
+
+A step returns (tokens, new, logits) for every sequence; both decoders support continuous
+batching through `photon.inference.slots`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from photon.inference.cache import KVCache
+from photon.inference.modes import check_mode
+from photon.inference.sampling import Sampler
+from photon.inference.slots import Slots
+from photon.model.lm import Model, PhotonLM
+
+
+def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
+    """x[b, start[b] : start[b] + n] for every sequence b of x [B, N, D]."""
+    index = (start.to(x.device)[:, None] + torch.arange(n, device=x.device))[..., None]
+    return x.gather(1, index.expand(-1, -1, x.shape[-1]))
+
+
+class FlatDecoder(Slots):
+    """KV-cached decoding of the flat Transformer: one token per step."""
+
+    ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
+
+    def __init__(self, model: Model, batch: int, capacity: int) -> None:
+        c, p = model.config, next(model.parameters())
+        self.model = model
+        self.cache = KVCache(c.n_layers, batch, c.n_heads, c.head_dim, capacity, p.device,
+                             p.dtype)
+        self.tokens_per_step = 1
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache.nbytes
+
+    def prefill(self, ids: Tensor, lengths: Tensor) -> None:
+        hidden = self.model.hidden(ids, self.cache, advance=lengths)
+        self.next_logits = self.model.lm_head(_gather_positions(hidden, lengths - 1, 1))
+        self.pending: Tensor | None = None
+
+    def step(self, sampler: Sampler | None, forced: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Next token of every sequence: (tokens [B, 1], new [B, 1], logits [B, 1, V])."""
+        if self.pending is not None:
+            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+        logits = self.next_logits
+        tokens = sampler(logits) if forced is None else forced
+        self.pending = tokens
+        return tokens, torch.ones_like(tokens, dtype=torch.bool), logits
+
+    def flush(self) -> None:
+        """Feed the last step's tokens into the cache now instead of at the next step."""
+        if self.pending is not None:
+            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+            self.pending = None
+
+    def _slot_caches(self) -> list[KVCache | None]:
+        return [self.cache]
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        (self.cache,) = caches
+
+
+class PhotonDecoder(Slots):
+    """HierGen / RecGen for PhotonLM: one meta-context per step.
+
+    A model with `latent_teacher_forcing` decodes under HierGen chunk by chunk instead: each
+    level >= 2 decoder reads the encoder state of the chunk just decoded below it, so a
+    chunk's tokens are encoded (advancing every encoder cache) before the next chunk starts.
+    Under RecGen there is no lower encoder, so its decoders read their own outputs.
+    """
+
+    # Per-sequence state (photon.inference.slots): batch-first tensors, lists of them, or None.
+    ROW_STATE = ("cond", "recons", "carries", "top_cond", "next_top", "meta_start", "known_ids",
+                 "known_len", "pending")
+
+    def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
+        c, p = model.config, next(model.parameters())
+        check_mode(c, mode)
+        self.model, self.mode, self.P = model, mode, c.meta_len
+        self.tokens_per_step = self.P
+        self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
+        self.cond = self.recons = self.carries = self.top_cond = self.next_top = None
+        metas = math.ceil(capacity / self.P)
+        cached = c.cached_levels(mode)
+        self.caches = [
+            KVCache(c.encoder_layers[level - 1], batch, c.n_heads, c.head_dim,
+                    metas * self.positions_per_meta(level), p.device, p.dtype)
+            if level in cached else None
+            for level in range(1, c.n_levels + 1)
+        ]
+
+    def positions_per_meta(self, level: int) -> int:
+        return self.P // self.model.config.tokens_per_position(level)
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(cache.nbytes for cache in self.caches if cache is not None)
+
+    def _encode(self, ids: Tensor, advance: Tensor | None = None) -> Tensor:
+        """Encode whole meta-contexts into the caches; returns the top states."""
+        x = self.model.enc_embed(ids)
+        for level, cache in enumerate(self.caches, start=1):
+            n = None if advance is None else advance * self.positions_per_meta(level)
+            x = self.model.encode_level(level, x, cache, n)
+        return x
+
+    def _plan(self, top: Tensor, start: Tensor | None = None) -> None:
+        """Decode the latents of the next meta-context of every sequence from the top
+        conditioning (for the prompt: of all its meta-contexts, then pick each one's).
+        Chunk-by-chunk decoding only keeps the top conditioning: its latents need the
+        tokens."""
+        c = self.model.config
+        if self.chunkwise:
+            self.top_cond = top if start is None else _gather_positions(top, start, 1)
+            return
+        recons, cond = self.model.decode_top_down(top, self.carries)
+        if start is not None:
+            recons = [_gather_positions(r, start * r.shape[1] // top.shape[1],
+                                        r.shape[1] // top.shape[1]) for r in recons]
+            cond = _gather_positions(cond, start * (self.P // c.chunk_sizes[0]),
+                                     self.P // c.chunk_sizes[0])
+        self.recons, self.cond = recons, cond
+        if c.variant == "A":
+            self.carries = [r[:, -1:] for r in recons]
+
+    def prefill(self, ids: Tensor, lengths: Tensor) -> None:
+        """Encode each prompt's complete meta-contexts; plan the meta-context it ends in."""
+        complete = lengths // self.P
+        G = int(complete.max())
+        top = self._encode(ids[:, :G * self.P], complete) if G else \
+            self.model.enc_embed.weight.new_zeros(len(ids), 0, self.model.config.d_model)
+        self.carries = None
+        # Positions of a prompt inside its last meta-context are teacher-forced in step().
+        self._plan(F.pad(top, (0, 0, 1, 0)), start=complete)
+        self.meta_start = complete * self.P  # first token position of the planned meta
+        self.known_ids, self.known_len = ids, lengths
+        self.pending: Tensor | None = None
+        self.next_top = None
+
+    def _advance(self, tokens: Tensor) -> None:
+        """Move the top stream past the meta-context just decoded."""
+        if self.chunkwise:
+            top, self.next_top = self.next_top, None  # encoded chunk by chunk in step()
+        elif self.mode == "hiergen":
+            top = self._encode(tokens)
+        else:
+            top = self.model.encode_level(self.model.config.n_levels, self.recons[0],
+                                          self.caches[-1])
+        self._plan(top)
+        self.meta_start = self.meta_start + self.P
+
+    def _known(self, forced: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(known [B, P], forced ids [B, P]) of the planned meta-context: the prompt's
+        tokens where it overlaps the prompt, or every token of `forced`."""
+        if forced is not None:
+            return torch.ones_like(forced, dtype=torch.bool), forced
+        device = self.known_ids.device
+        position = self.meta_start[:, None] + torch.arange(self.P)  # [B, P], on the host
+        known = (position < self.known_len[:, None]).to(device)
+        index = position.clamp(max=max(self.known_ids.shape[1] - 1, 0))
+        ids = self.known_ids.gather(1, index.to(device)) if self.known_ids.numel() else \
+            torch.zeros_like(known, dtype=torch.long)
+        return known, ids
+
+    def _token_chunks(self, cond: Tensor, known: Tensor, forced: Tensor,
+                      sampler: Sampler | None) -> tuple[Tensor, Tensor]:
+        """Decode S token chunks per sequence, all at once, from their conditioning latents
+        cond [B, S, D]: (tokens [B, S, C], logits [B, S, C, V]); known/forced [B, S, C]."""
+        def choose(j: int, logits: Tensor) -> Tensor:
+            if sampler is None:
+                return forced[:, :, j]
+            return torch.where(known[:, :, j], forced[:, :, j], sampler(logits))
+
+        return self.model.decode_token_chunks(cond, choose)
+
+    def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,
+               sampler: Sampler | None, out: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Decode one level-`level` chunk of every sequence from its latent cond [B, 1, D]
+        (level 1: C_1 tokens, appended to `out` with their logits), encode it, and return
+        its encoder state X^(level) [B, 1, D]; known/forced [B, tokens of the chunk]."""
+        m = self.model
+        if level == 1:
+            C = m.config.chunk_sizes[0]
+            tokens, logits = self._token_chunks(cond, known.view(-1, 1, C),
+                                                forced.view(-1, 1, C), sampler)
+            out.append((tokens[:, 0], logits[:, 0]))
+            x = m.enc_embed(tokens[:, 0])
+        else:
+            span = known.shape[1] // m.config.chunk_sizes[level - 1]
+            states: list[Tensor] = []
+
+            def feed(j: int, latent: Tensor) -> Tensor:
+                """Decode and encode the chunk below latent j: the next input."""
+                part = slice(j * span, (j + 1) * span)
+                states.append(self._chunk(level - 1, latent, known[:, part], forced[:, part],
+                                          sampler, out))
+                return states[-1]
+
+            m.decode_chunk(level, cond, feed)
+            x = torch.cat(states, dim=1)
+        return m.encode_level(level, x, self.caches[level - 1])
+
+    def step(self, sampler: Sampler | None, forced: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode one meta-context: (tokens [B, P], new [B, P], logits [B, P, V]).
+
+        The prompt's tokens are forced where the meta-context overlaps it; `forced` [B, P]
+        forces every token instead (teacher forcing, for scoring).
+        """
+        if self.pending is not None:
+            self._advance(self.pending)
+        known, forced = self._known(forced)
+        B, P = known.shape
+        if self.chunkwise:
+            out: list[tuple[Tensor, Tensor]] = []
+            self.next_top = self._chunk(self.model.config.n_levels, self.top_cond, known,
+                                        forced, sampler, out)
+            tokens = torch.cat([t for t, _ in out], dim=1)
+            logits = torch.cat([lg for _, lg in out], dim=1)
+        else:
+            S = self.cond.shape[1]
+            tokens, logits = self._token_chunks(self.cond, known.view(B, S, -1),
+                                                forced.view(B, S, -1), sampler)
+        self.pending = tokens.reshape(B, P)
+        return self.pending, ~known, logits.reshape(B, P, -1)
+
+    def flush(self) -> None:
+        """Advance the top stream past the last decoded meta-context now instead of at the
+        next step."""
+        if self.pending is not None:
+            self._advance(self.pending)
+            self.pending = None
+
+    def _slot_caches(self) -> list[KVCache | None]:
+        return list(self.caches)
+
+    def _use_caches(self, caches: list[KVCache | None]) -> None:
+        self.caches = caches
+
+
+def make_decoder(model: Model, mode: str, batch: int, capacity: int
+                 ) -> FlatDecoder | PhotonDecoder:
+    """The decoder of `model` in `mode` (checked), with caches for `batch` sequences of up
+    to `capacity` tokens."""
+    check_mode(model.config, mode)
+    if isinstance(model, PhotonLM):
+        return PhotonDecoder(model, batch, capacity, mode)
+    return FlatDecoder(model, batch, capacity)

@@ -1,0 +1,130 @@
+"""Decoding a batch of random prompts, and the memory it takes: what `photon bench` times and
+what `photon serve` sizes its slots with (both at run time, on the machine at hand).
+
+Per-sample memory is the slope of peak memory between two batch sizes (caches and the
+activations of a decode step, not only KV); on CUDA from `torch.cuda.max_memory_allocated`,
+on the CPU from the profiler's allocation trace of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from photon.device import GIB
+from photon.inference.decoders import make_decoder
+from photon.inference.sampling import make_sampler
+from photon.model.config import PhotonConfig
+from photon.model.lm import Model
+
+
+def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dtype) -> int:
+    """Bytes of global KV cache one sequence of `capacity` tokens needs, from the config."""
+    c = model.config
+    entry = 2 * c.d_model * torch.finfo(dtype).bits // 8  # keys and values of one layer
+    if not isinstance(c, PhotonConfig):
+        return entry * c.n_layers * capacity
+    metas = math.ceil(capacity / c.meta_len)
+    return sum(entry * c.encoder_layers[level - 1] * metas * (c.meta_len
+               // c.tokens_per_position(level)) for level in c.cached_levels(mode))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: int,
+                 max_steps: int | None = None, seed: int = 0) -> tuple[float, float, object]:
+    """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder)."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
+    decoder = make_decoder(model, mode, batch, prompt_len + gen_len)
+    per_step = decoder.tokens_per_step
+    # A prompt that ends inside a meta-context makes the first step yield fewer tokens.
+    steps = math.ceil((gen_len + prompt_len % per_step) / per_step)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    greedy = make_sampler()
+    with torch.inference_mode():
+        _sync(device)
+        t0 = time.perf_counter()
+        decoder.prefill(ids, torch.full((batch,), prompt_len))
+        _sync(device)
+        t1 = time.perf_counter()
+        for _ in range(steps):
+            decoder.step(greedy)
+        _sync(device)
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t0, decoder
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ side logs every start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of tensors allocated while `fn` runs, above what was live before."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})]
+    return max(totals, default=0)
+
+
+def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
+                   batches: tuple[int, int]) -> tuple[float, float]:
+    """(bytes per sample, bytes at batch 0) from peak memory at two batch sizes. A few
+    decode steps reach the steady state: caches are preallocated at prefill."""
+    device = next(model.parameters()).device
+    peaks = [peak_bytes(lambda b=b: run_workload(model, mode, b, prompt_len, gen_len,
+                                                 max_steps=2), device) for b in batches]
+    slope = (peaks[1] - peaks[0]) / (batches[1] - batches[0])
+    return slope, peaks[0] - slope * batches[0]
+
+
+def weight_bytes(model: Model) -> int:
+    return sum(p.nbytes for p in model.parameters())
+
+
+def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
+                     budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)
+                     ) -> tuple[int, float]:
+    """(batch, bytes per sample): the largest batch whose predicted peak (weights +
+    intercept + slope * batch) fits the budget, capped at `max_batch`."""
+    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches)
+    room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
+    return int(max(1, min(max_batch, room // max(slope, 1)))), slope

@@ -25,16 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
-from photon.serve.engine import (
-    SHUTTING_DOWN,
-    Engine,
-    Output,
-    QueueFullError,
-    ShuttingDownError,
-    TokenLogprob,
-)
-from photon.serve.engine import Request as EngineRequest
+from photon.serve.engine import SHUTTING_DOWN, Engine, ShuttingDownError
+from photon.serve.output import Output, TokenLogprob
+from photon.serve.output import Request as EngineRequest
 from photon.serve.sampling import SamplingParams
+from photon.serve.scheduler import QueueFullError
 from photon.serve.schema import APIError, CompletionRequest
 
 DISCONNECTED = object()  # put in a request's output queue when its client goes away

@@ -14,6 +14,11 @@ Nothing is allocated per step but activations: the caches are built once, for al
 Requests talk to the engine through `submit` / `cancel` and a callback that receives an
 `Output`; the callback runs on the engine thread and must only hand the output on.
 
+The engine owns the lifecycle (the loop, draining, failures) and the turn; the parts it
+drives are testable alone: `scheduler.Scheduler` (admission), `runner.ModelRunner` (the
+decoder, its slots and the sampler of each row) and `output.RunningSequence` (text, stop
+strings, log-probabilities of each sequence).
+
 `photon serve` gives the loop its main thread (`run`), the one that loaded the model, and
 serves HTTP from another. On the CPU, torch's OpenMP runtime (libgomp) throttles the
 spin-waiting of its worker threads as soon as the threads of all OpenMP teams outnumber the
@@ -26,141 +31,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 import torch
 
 from photon.errors import InputError, PhotonError
-from photon.inference.decoders import make_decoder
 from photon.inference.modes import check_mode, mode_label
-from photon.inference.prompts import check_fits, check_prompt, pad_prompts
+from photon.inference.prompts import check_fits, check_prompt
 from photon.inference.workload import batch_for_budget
 from photon.model.lm import Model
 from photon.serve.metrics import Metrics
-from photon.serve.sampling import BatchSampler, SamplingParams, chosen_logprobs
-from photon.serve.text import TextStream
+from photon.serve.output import Output, Request, RunningSequence, TokenLogprob, token_text
+from photon.serve.runner import ModelRunner
+from photon.serve.scheduler import QueueFullError, Scheduler
 
 log = logging.getLogger("photon.serve")
 SHUTTING_DOWN = "the server is shutting down"
 
 
-class QueueFullError(PhotonError):
-    """The queue of waiting requests is full (HTTP 429)."""
-
-
 class ShuttingDownError(PhotonError):
     """The server is draining and takes no new requests (HTTP 503)."""
-
-
-@dataclass
-class TokenLogprob:
-    """A generated token (its text, or "bytes:\\xNN..." if it is not whole UTF-8), its
-    log-probability, where its text starts in the completion, and the top alternatives."""
-
-    token: str
-    logprob: float
-    offset: int
-    top: dict[str, float] | None = None
-
-
-def token_text(tokenizer, token: int) -> str:
-    """A token as text, unambiguous even when it holds part of a character."""
-    raw = tokenizer.decode_bytes([token])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-@dataclass
-class Output:
-    """New text of one of a request's sequences; on its last output `finish_reason` is
-    "stop" or "length", or `error` says why the engine could not finish it."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class Request:
-    """A prompt (token ids) to complete `n` times, one slot per sequence. A streamed
-    request receives an `Output` per step; otherwise one per sequence, when it ends."""
-
-    prompt: list[int]
-    max_tokens: int
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
-    ignore_eos: bool = False
-    stream: bool = False
-    on_output: Callable[[Output], None] = lambda output: None
-    arrival: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-
-
-class _Sequence:
-    """One running sequence: a request's copy `index`, in one slot."""
-
-    def __init__(self, request: Request, index: int, tokenizer, sampler: BatchSampler) -> None:
-        self.request, self.index, self.tokenizer = request, index, tokenizer
-        self.text = TextStream(tokenizer, request.stop, offsets=request.logprobs is not None)
-        self.own_sampler = sampler.own_sampler(request.sampling, index)
-        self.logprobs: list[TokenLogprob] = []
-        self.started = False
-        self.done = False
-
-    def take(self, tokens: list[int], new: list[bool], eos_id: int | None,
-             logprob_row: tuple | None) -> Output | None:
-        """The tokens of one step: keep the new ones up to the end of the sequence."""
-        r, finish = self.request, None
-        kept, positions = [], []
-        for j, (token, is_new) in enumerate(zip(tokens, new, strict=True)):
-            if not is_new:
-                continue
-            if token == eos_id and not r.ignore_eos:
-                finish = "stop"
-                break
-            kept.append(token)
-            positions.append(j)
-            if len(self.text.ids) + len(kept) >= r.max_tokens:
-                finish = "length"
-                break
-        n_kept = self.text.add(kept)
-        if self.text.stopped:
-            finish = "stop"
-        kept, positions = kept[:n_kept], positions[:n_kept]
-        if logprob_row is not None:
-            self.logprobs += self._logprobs(kept, positions, *logprob_row)
-        self.done = finish is not None
-        if not (r.stream or self.done):
-            return None
-        logprobs = None
-        if r.logprobs is not None:
-            logprobs = self.logprobs[len(self.logprobs) - len(kept):] if r.stream \
-                else list(self.logprobs)
-        ids = kept if r.stream else list(self.text.ids)
-        return Output(self.index, self.text.take(final=self.done), ids, logprobs, finish)
-
-    def _logprobs(self, kept: list[int], positions: list[int], chosen, top_ids, top_values
-                  ) -> list[TokenLogprob]:
-        text = lambda token: token_text(self.tokenizer, token)
-        first = len(self.text.ids) - len(kept)
-        out = []
-        for i, (token, j) in enumerate(zip(kept, positions, strict=True)):
-            top = None
-            if top_ids is not None:
-                k = self.request.logprobs
-                top = {text(t): v for t, v in zip(top_ids[j][:k], top_values[j][:k],
-                                                  strict=True)}
-            out.append(TokenLogprob(text(token), chosen[j], self.text.offsets[first + i], top))
-        return out
 
 
 def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
@@ -187,24 +77,29 @@ class Engine:
             raise InputError(f"the engine needs at least one slot, got {slots}")
         check_mode(model.config, mode)
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.decode_mode = mode
         self.mode = mode_label(model.config, mode)
         self.slots, self.max_len = slots, max_len
-        self.max_queue, self.prefill_tokens = max_queue, prefill_tokens
         self.eos_id = tokenizer.eos_id
-        self.device = next(model.parameters()).device
-        self.decoder = make_decoder(model, mode, slots, max_len)
-        self.decoder.open_slots()
-        self.sampler = BatchSampler(self.device, seed)
+        self.scheduler = Scheduler(max_queue, prefill_tokens)
+        self.runner = ModelRunner(model, mode, slots, max_len, seed)
         self.metrics = metrics or Metrics()
         self.metrics.slots.set(slots)
-        self.rows: list[_Sequence] = []
-        self.waiting: deque[Request] = deque()
+        self.rows: list[RunningSequence] = []  # one per slot in use, in the decoder's row order
         self.peak_running = 0
         self._cv = threading.Condition()
         self._drain_deadline: float | None = None
         self._stop = False
         self._thread = threading.Thread(target=self.run, name="photon-engine", daemon=True)
+
+    @property
+    def decoder(self):
+        """The decoder whose cache rows are the slots."""
+        return self.runner.decoder
+
+    @property
+    def waiting(self):
+        """The requests waiting for a slot, in arrival order."""
+        return self.scheduler.waiting
 
     # --- the interface, called from other threads ---------------------------------------------
 
@@ -220,14 +115,8 @@ class Engine:
         with self._cv:
             if self._drain_deadline is not None or self._stop:
                 raise ShuttingDownError(SHUTTING_DOWN)
-            # Requests that free slots will take at the next step boundary do not wait for
-            # a slot (the count is a step old at most: the engine thread owns it).
-            free = self.decoder.free_slots
-            if len(self.waiting) + len(requests) - free > self.max_queue:
-                raise QueueFullError(f"the queue is full ({len(self.waiting)} requests wait, "
-                                     f"{free} slots free, at most {self.max_queue} may wait "
-                                     f"for a slot)")
-            self.waiting.extend(requests)
+            # The free-slot count is a step old at most: the engine thread owns it.
+            self.scheduler.add(requests, self.runner.free_slots)
             self._cv.notify()
 
     def _check(self, r: Request) -> None:
@@ -281,7 +170,7 @@ class Engine:
         finally:
             with self._cv:
                 self._stop = True
-                left, self.waiting = [*self.rows, *self.waiting], deque()
+                left = [*self.rows, *self.scheduler.take_all()]
             self._fail(left, message, reset=False)
 
     def _loop(self) -> None:
@@ -302,22 +191,14 @@ class Engine:
                 self._fail([*self.rows, *unjoined], f"internal error: {e}", reset=True)
 
     def _next_joining(self) -> list[Request]:
-        """Waiting requests (first come, first served) that fit the free slots and the
-        prefill token budget; cancelled ones are dropped. Called under the lock."""
-        joining: list[Request] = []
-        free = self.decoder.free_slots - sum(s.request.cancelled for s in self.rows)
-        while self.waiting:
-            r = self.waiting[0]
-            if r.cancelled:
-                self.waiting.popleft()
-                self.metrics.cancelled.inc(r.n)
-                continue
-            longest = max([len(r.prompt), *(len(j.prompt) for j in joining)])
-            if r.n > free or joining and longest * (len(joining) + 1) > self.prefill_tokens:
-                break
-            joining.append(self.waiting.popleft())
-            free -= r.n
-        return joining
+        """The waiting requests that join at this step boundary, by the scheduler's rule;
+        slots of cancelled sequences count as free. Called under the lock."""
+        free = self.runner.free_slots - sum(s.request.cancelled for s in self.rows)
+        return self.scheduler.admit(free, self._dropped)
+
+    def _dropped(self, request: Request) -> None:
+        """A waiting request was cancelled before it joined."""
+        self.metrics.cancelled.inc(request.n)
 
     def _turn(self, joining: list[Request], started: float) -> None:
         full = len(self.rows) == self.slots and not joining
@@ -325,7 +206,7 @@ class Engine:
                      cancelled=True)
         if self._drain_deadline is not None and time.monotonic() > self._drain_deadline:
             with self._cv:
-                left, self.waiting = [*self.waiting, *joining], deque()
+                left = [*self.scheduler.take_all(), *joining]
             self._fail([*self.rows, *left], SHUTTING_DOWN, reset=False)
             return
         if joining:
@@ -337,29 +218,19 @@ class Engine:
             self.metrics.full_batch_seconds.inc(time.monotonic() - started)
 
     def _join(self, requests: list[Request]) -> None:
-        ids, lengths = pad_prompts([r.prompt for r in requests], self.device)
-        order = self.decoder.admit(ids, lengths, [r.n for r in requests])
-        copies = [0] * len(requests)
-        for i in order:
-            self.rows.append(_Sequence(requests[i], copies[i], self.tokenizer, self.sampler))
-            copies[i] += 1
-        self.sampler.set_rows([(s.request.sampling, s.own_sampler) for s in self.rows])
-        self.metrics.prompt_tokens.inc(int(lengths.sum()))
+        new_rows = self.runner.admit([r.prompt for r in requests], [r.n for r in requests],
+                                     [r.sampling for r in requests])
+        for i, copy in new_rows:
+            self.rows.append(RunningSequence(requests[i], copy, self.tokenizer))
+        self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in requests))
         self.peak_running = max(self.peak_running, len(self.rows))
 
     def _step(self) -> int:
         """Decode one step of every running sequence; returns the tokens it kept."""
         started = time.monotonic()
-        tokens, new, logits = self.decoder.step(self.sampler)
-        want = [r for r, s in enumerate(self.rows) if s.request.logprobs is not None]
-        logprob_rows = {}
-        if want:
-            top = max(self.rows[r].request.logprobs for r in want)
-            picked = chosen_logprobs(logits[want], tokens[want], top)
-            per_row = [None if t is None else t.tolist() for t in picked]
-            logprob_rows = {r: tuple(None if t is None else t[i] for t in per_row)
-                            for i, r in enumerate(want)}
-        tokens, new = tokens.tolist(), new.tolist()
+        want = {r: s.request.logprobs for r, s in enumerate(self.rows)
+                if s.request.logprobs is not None}
+        tokens, new, logprob_rows = self.runner.step(want)
         finished, now, generated = [], time.monotonic(), 0
         for r, seq in enumerate(self.rows):
             n_before = len(seq.text.ids)
@@ -384,27 +255,23 @@ class Engine:
             return
         if cancelled:
             self.metrics.cancelled.inc(len(rows))
-        order = self.decoder.release(rows)
+        order = self.runner.release(rows)
         self.rows = [self.rows[o] for o in order]
-        self.sampler.set_rows([(s.request.sampling, s.own_sampler) for s in self.rows])
         with self._cv:
             self._cv.notify_all()  # a draining shutdown waits for the batch to empty
 
     def _fail(self, items: list, message: str, reset: bool) -> None:
         """Drop running sequences and waiting requests and answer them with an error; with
-        `reset`, first replace the decoder, whose state may be inconsistent after a failure."""
+        `reset`, first rebuild the runner's decoder, whose state may be inconsistent after a
+        failure."""
         if reset:
             with self._cv:  # submit reads the free slots
-                self.decoder = None  # the old caches go before new ones are allocated
-                self.decoder = make_decoder(self.model, self.decode_mode, self.slots,
-                                            self.max_len)
-                self.decoder.open_slots()
-        elif self.rows and self.decoder is not None:
-            self.decoder.release(range(len(self.rows)))
+                self.runner.reset()
+        elif self.rows:
+            self.runner.release_all()
         self.rows = []
-        self.sampler.set_rows([])
         for item in items:
-            if isinstance(item, _Sequence):
+            if isinstance(item, RunningSequence):
                 self._emit(item.request, Output(item.index, "", [], error=message))
             elif not item.cancelled:
                 for i in range(item.n):
@@ -425,3 +292,7 @@ class Engine:
         m.queue_depth.set(len(self.waiting))
         m.running.set(len(self.rows))
         m.occupancy.set(len(self.rows) / self.slots)
+
+
+__all__ = ["Engine", "Output", "QueueFullError", "Request", "SHUTTING_DOWN", "ShuttingDownError",
+           "TokenLogprob", "slots_for_budget", "token_text"]

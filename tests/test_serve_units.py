@@ -1,0 +1,65 @@
+"""The engine's parts alone: admission (Scheduler), the model step (ModelRunner) and output
+processing (RunningSequence)."""
+
+import pytest
+
+from photon.data.tokenizer import Tokenizer
+from photon.serve.output import Request, RunningSequence
+from photon.serve.runner import ModelRunner
+from photon.serve.sampling import SamplingParams
+from photon.serve.scheduler import QueueFullError, Scheduler
+from tests.conftest import make
+
+
+def test_scheduler_admits_in_order_within_slots_and_prefill_budget():
+    scheduler = Scheduler(max_queue=3, prefill_tokens=12)
+    a, b, c, d = (Request([1] * 4, 2), Request([1] * 4, 2, n=2), Request([1] * 4, 2),
+                  Request([1] * 2, 2))
+    scheduler.add([a, b, c, d], free_slots=1)  # 4 wait, one slot free: 3 beyond it
+    with pytest.raises(QueueFullError, match="queue is full"):
+        scheduler.add([Request([1], 2)], free_slots=1)
+    # Three 4-token prompts fill the 12-token prefill budget; d waits behind them.
+    assert scheduler.admit(free_slots=10, on_cancelled=print) == [a, b, c]
+    assert list(scheduler.waiting) == [d]
+    # b asks for 2 slots: with one free it waits, and nothing behind it jumps the queue.
+    scheduler = Scheduler(max_queue=8, prefill_tokens=100)
+    scheduler.add([a, b, c], free_slots=0)
+    assert scheduler.admit(free_slots=2, on_cancelled=print) == [a]
+    c.cancelled = True
+    dropped = []
+    assert scheduler.admit(free_slots=3, on_cancelled=dropped.append) == [b]
+    assert scheduler.admit(free_slots=3, on_cancelled=dropped.append) == []
+    assert dropped == [c] and not scheduler.waiting
+
+
+@pytest.mark.parametrize("kind, mode", [("vanilla", "hiergen"), ("photon-B", "recgen"),
+                                        ("photon-W1-TF", "hiergen")])
+def test_runner_rows_decode_as_generate_does(kind, mode):
+    model = make(kind)
+    runner = ModelRunner(model, mode, slots=4, max_len=64)
+    prompts = [[3, 1, 4], list(range(40, 60))]
+    rows = runner.admit(prompts, [2, 1], [SamplingParams(), SamplingParams()])
+    assert sorted(rows) == [(0, 0), (0, 1), (1, 0)] and runner.free_slots == 1
+    out = {r: [] for r in range(3)}
+    while min(map(len, out.values())) < 12:
+        tokens, new, _ = runner.step({})
+        for r in out:
+            out[r] += [t for t, n in zip(tokens[r], new[r], strict=True) if n]
+    expected = {i: model.generate([p], 12, mode=mode)[0] for i, p in enumerate(prompts)}
+    for r, (i, _) in enumerate(rows):
+        assert out[r][:12] == expected[i]
+    assert runner.release([0]) == [2, 1] and runner.free_slots == 2
+
+
+def test_running_sequence_stops_at_eos_stop_string_and_length():
+    tok = Tokenizer.bytes()
+    ids = list(b"hello world")
+    seq = RunningSequence(Request([1], 100, stop=("o w",)), 0, tok)
+    output = seq.take(ids, [True] * len(ids), eos_id=None, logprob_row=None)
+    assert seq.done and output.finish_reason == "stop" and output.text == "hell"
+    seq = RunningSequence(Request([1], 3), 0, tok)
+    output = seq.take(ids, [True] * len(ids), eos_id=None, logprob_row=None)
+    assert output.finish_reason == "length" and output.token_ids == ids[:3]
+    seq = RunningSequence(Request([1], 100, stream=True), 0, tok)
+    output = seq.take([104, 105, 0, 106], [False, True, True, True], eos_id=0, logprob_row=None)
+    assert output.finish_reason == "stop" and output.token_ids == [105]

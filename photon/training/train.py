@@ -268,174 +268,261 @@ def train(given: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
 
 
 def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[str, Any]:
-    started = time.monotonic()
-    if resume is not None:
-        ckpt = ckpt_io.resolve_checkpoint(resume)
-        info, state = ckpt_io.load_training_state(ckpt)
-        args = merge_args(given, info["args"])
-        out = Path(args.out) if given.get("out") else ckpt.parent
-        model, tokenizer = ckpt_io.load_model(ckpt)
-    else:
-        args = merge_args(given, None)
-        get_preset(args.preset).replace(**args.overrides)  # bad ones fail before data work
-        out = Path(args.out or f"runs/{args.preset}")
-    if ctx.main:
-        _prepare_out(out, resume is not None)
-    ctx.barrier()
+    run = _Run(ctx, given, resume)
+    run.announce()
+    return run.fit()
 
-    # Rank 0 downloads, trains the tokenizer and packs first; the others then hit the cache.
-    if resume is None:
-        if args.data != SHAKESPEARE:
-            args.data = str(Path(args.data).resolve())
-        if args.tokenizer not in (None, "bpe", "bytes"):
-            args.tokenizer = str(Path(args.tokenizer).resolve())
+
+class _Run:
+    """One training run, set up in named steps: its arguments and output folder, its data,
+    its model, its schedule, and (when resuming) the optimizer, sampler and RNG state of the
+    checkpoint it continues; `fit` then trains to the end, validating and saving."""
+
+    def __init__(self, ctx: Distributed, given: dict[str, Any], resume: str | None) -> None:
+        self.ctx, self.started = ctx, time.monotonic()
+        self.restored = self._resolve_args(given, resume)
+        self._load_data()
+        self._build_model()
+        self._build_schedule()
+        self._restore_state()
+
+    def _resolve_args(self, given: dict[str, Any], resume: str | None) -> dict | None:
+        """The run's arguments (a resumed run's, with what was given on top) and its
+        output folder, made ready; returns what the checkpoint to resume holds, or None."""
+        restored = None
+        if resume is not None:
+            ckpt = ckpt_io.resolve_checkpoint(resume)
+            info, state = ckpt_io.load_training_state(ckpt)
+            self.args = merge_args(given, info["args"])
+            self.out = Path(self.args.out) if given.get("out") else ckpt.parent
+            model, tokenizer = ckpt_io.load_model(ckpt)
+            restored = {"ckpt": ckpt, "info": info, "state": state, "model": model,
+                        "tokenizer": tokenizer}
+        else:
+            self.args = merge_args(given, None)
+            # Bad overrides fail before any data work.
+            get_preset(self.args.preset).replace(**self.args.overrides)
+            self.out = Path(self.args.out or f"runs/{self.args.preset}")
+        if self.ctx.main:
+            _prepare_out(self.out, resume is not None)
+        self.ctx.barrier()
+        return restored
+
+    def _first_then_others(self, fn):
+        """fn() on rank 0 first (downloads, tokenizer training, packing fill the caches),
+        then on the other ranks, which find them."""
+        result = None
         for turn in (True, False):
-            if ctx.main == turn:
-                tokenizer = tokenizer_for(args.data, args.tokenizer, args.vocab_size)
-            ctx.barrier()
-    for turn in (True, False):
-        if ctx.main == turn:
-            packed = pack(args.data, tokenizer)
-        ctx.barrier()
-    train_tokens, val_tokens = load_tokens(packed, "train"), load_tokens(packed, "val")
-    if len(val_tokens) < 2:
-        raise DataError(f"{args.data}: the validation split is empty; use more text")
+            if self.ctx.main == turn:
+                result = fn()
+            self.ctx.barrier()
+        return result
 
-    preset = get_preset(args.preset)
-    args.seq_len = args.seq_len or min(preset.max_seq_len, 512)
-    config = preset.replace(vocab_size=tokenizer.vocab_size, max_seq_len=args.seq_len,
-                            **args.overrides)
-    if resume is None:
-        torch.manual_seed(args.seed)
-        model = build_model(config)
-    elif model.config != config:
-        raise CheckpointError(f"{ckpt}: its config.json does not match preset {args.preset} "
-                              f"with seq_len {args.seq_len} and this tokenizer")
-    model.to(ctx.device).train()
-    net = parallel.wrap(model, args.parallel, ctx.world, ctx.device, args.compile)
+    def _load_data(self) -> None:
+        """The tokenizer (trained on a new run, the checkpoint's when resuming) and the
+        packed train and validation tokens."""
+        args = self.args
+        if self.restored is None:
+            if args.data != SHAKESPEARE:
+                args.data = str(Path(args.data).resolve())
+            if args.tokenizer not in (None, "bpe", "bytes"):
+                args.tokenizer = str(Path(args.tokenizer).resolve())
+            self.tokenizer = self._first_then_others(
+                lambda: tokenizer_for(args.data, args.tokenizer, args.vocab_size))
+        else:
+            self.tokenizer = self.restored["tokenizer"]
+        packed = self._first_then_others(lambda: pack(args.data, self.tokenizer))
+        self.train_tokens, self.val_tokens = load_tokens(packed, "train"), \
+            load_tokens(packed, "val")
+        if len(self.val_tokens) < 2:
+            raise DataError(f"{args.data}: the validation split is empty; use more text")
 
-    micro = args.micro_batch or max(args.batch_size // ctx.world, 1)
-    if args.batch_size % (micro * ctx.world):
-        raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of --micro-batch "
-                        f"{micro} x {ctx.world} process(es)")
-    accum = args.batch_size // (micro * ctx.world)
-    tokens_per_step = args.batch_size * args.seq_len
-    flops_per_token = training_flops_per_token(config, args.seq_len)
-    steps = total_steps(args, tokens_per_step, flops_per_token)
-    check_schedule(args, steps)
-    curriculum = bool(args.curriculum) and isinstance(model, PhotonLM) and \
-        config.n_levels > 1 and not config.latent_teacher_forcing
+    def _build_model(self) -> None:
+        """The model (initialised from the seed, or the checkpoint's, which must match the
+        preset), on the run's device and wrapped for the parallel mode."""
+        args = self.args
+        preset = get_preset(args.preset)
+        args.seq_len = args.seq_len or min(preset.max_seq_len, 512)
+        self.config = preset.replace(vocab_size=self.tokenizer.vocab_size,
+                                     max_seq_len=args.seq_len, **args.overrides)
+        if self.restored is None:
+            torch.manual_seed(args.seed)
+            self.model = build_model(self.config)
+        else:
+            self.model = self.restored["model"]
+            if self.model.config != self.config:
+                raise CheckpointError(
+                    f"{self.restored['ckpt']}: its config.json does not match preset "
+                    f"{args.preset} with seq_len {args.seq_len} and this tokenizer")
+        self.model.to(self.ctx.device).train()
+        self.net = parallel.wrap(self.model, args.parallel, self.ctx.world, self.ctx.device,
+                                 args.compile)
 
-    sampler = WindowSampler(len(train_tokens), args.seq_len, args.seed)
-    optimizer = _optimizer(model, args)
-    step = 0
-    if resume is not None:
-        step = int(info["step"])
-        parallel.load_optimizer_state(model, optimizer, state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
+    def _build_schedule(self) -> None:
+        """Batches per process, steps, FLOPs, the optimizer, the data order and precision."""
+        args, ctx = self.args, self.ctx
+        self.micro = args.micro_batch or max(args.batch_size // ctx.world, 1)
+        if args.batch_size % (self.micro * ctx.world):
+            raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of "
+                              f"--micro-batch {self.micro} x {ctx.world} process(es)")
+        self.accum = args.batch_size // (self.micro * ctx.world)
+        self.tokens_per_step = args.batch_size * args.seq_len
+        self.flops_per_token = training_flops_per_token(self.config, args.seq_len)
+        self.steps = total_steps(args, self.tokens_per_step, self.flops_per_token)
+        check_schedule(args, self.steps)
+        self.curriculum = bool(args.curriculum) and isinstance(self.model, PhotonLM) and \
+            self.config.n_levels > 1 and not self.config.latent_teacher_forcing
+        self.sampler = WindowSampler(len(self.train_tokens), args.seq_len, args.seed)
+        self.optimizer = _optimizer(self.model, args)
+        self.dtype = pick_dtype(args.dtype, ctx.device)
+        self.byte_lengths = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.step = 0
+
+    def autocast(self):
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16,
+                              enabled=self.dtype == torch.bfloat16)
+
+    def _restore_state(self) -> None:
+        """Continue where the checkpoint stopped: step, optimizer, data order, RNG; metrics
+        logged after it will be logged again, so they are dropped."""
+        if self.restored is None:
+            return
+        info, state = self.restored["info"], self.restored["state"]
+        self.step = int(info["step"])
+        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
-    dtype = pick_dtype(args.dtype, ctx.device)
-    autocast = lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16,
-                                      enabled=dtype == torch.bfloat16)
-    byte_lengths = torch.tensor(tokenizer.token_bytes(), dtype=torch.float64)
-    metrics_file = out / "metrics.jsonl"
-    if ctx.main and resume is not None and metrics_file.exists():
-        # Rows logged after the checkpoint will be logged again: drop them.
-        rows = [r for r in metrics_file.read_text().splitlines() if json.loads(r)["step"] <= step]
-        metrics_file.write_text("".join(r + "\n" for r in rows))
+        if self.ctx.main and self.metrics_file.exists():
+            rows = [r for r in self.metrics_file.read_text().splitlines()
+                    if json.loads(r)["step"] <= self.step]
+            self.metrics_file.write_text("".join(r + "\n" for r in rows))
 
-    def log(row: dict[str, Any]) -> None:
-        if ctx.main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def save() -> Path:
-        path = out / f"step-{step:06d}"
-        # Gathering the full weights and optimizer state is a collective under FSDP.
-        weights, optim = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
-        if ctx.main:
-            trainer_state = {"step": step, "tokens": step * tokens_per_step,
-                             "flops": step * tokens_per_step * flops_per_token,
-                             "args": dataclasses.asdict(args)}
-            rng = {"torch": torch.get_rng_state()}  # no dropout: saved for completeness
-            ckpt_io.save_checkpoint(path, model, tokenizer, trainer_state,
-                                    {"optimizer": optim, "sampler": sampler.state_dict(),
-                                     "rng": rng}, weights=weights)
-            ckpt_io.write_run_config(out, model)
-            for old in ckpt_io.list_checkpoints(out)[:-args.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        ctx.barrier()
-        return path
-
-    if ctx.main:
-        params = sum(p.numel() for p in model.parameters())
+    def announce(self) -> None:
+        """One line: what is trained on what, for how long, how."""
+        if not self.ctx.main:
+            return
+        args = self.args
+        params = sum(p.numel() for p in self.model.parameters())
         schedule = f"lr {args.lr:g}, warm-up {args.warmup}" + (
             f", latent curriculum {args.curriculum[0]:g}-{args.curriculum[1]:g}"
-            if curriculum else "")
+            if self.curriculum else "")
         print(f"{args.preset} ({params / 1e6:.2f}M parameters) on {args.data}: "
-              f"{len(train_tokens):,} training tokens; {steps} steps of {args.batch_size} x "
-              f"{args.seq_len} tokens ({steps * tokens_per_step * flops_per_token:.3g} FLOPs); "
-              f"{schedule}; {str(dtype).removeprefix('torch.')} on {ctx.device} x {ctx.world}",
-              flush=True)
-    bar = tqdm(total=steps, initial=step, disable=not ctx.main, unit="step", dynamic_ncols=True,
-               mininterval=1.0)
-    path, last = None, {}
-    tick, tick_step = time.monotonic(), step
-    while step < steps:
-        lr = lr_at(step, args, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        teacher = {"teacher_weight": teacher_weight_at(step, args, steps)} if curriculum else {}
-        starts = sampler.next(args.batch_size)
-        mine = starts[ctx.rank * micro * accum:(ctx.rank + 1) * micro * accum]
-        loss_sum = token_sum = 0.0
-        for i in range(accum):
-            x = read_windows(train_tokens, mine[i * micro:(i + 1) * micro], args.seq_len)
-            x = x.to(ctx.device)
-            sync = i == accum - 1 or ctx.world == 1
-            with parallel.gradient_sync(net, model, sync), autocast():
-                out_ = net(x, labels=x, **teacher)
-                (out_.loss / accum).backward()
-            loss_sum += out_.loss.item()
-            token_sum += out_.losses["token"].item()
-        grad_norm = parallel.clip_grad_norm(model, args.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+              f"{len(self.train_tokens):,} training tokens; {self.steps} steps of "
+              f"{args.batch_size} x {args.seq_len} tokens "
+              f"({self.steps * self.tokens_per_step * self.flops_per_token:.3g} FLOPs); "
+              f"{schedule}; {str(self.dtype).removeprefix('torch.')} on {self.ctx.device} x "
+              f"{self.ctx.world}", flush=True)
 
-        if step % args.log_every == 0 or step == steps:
-            loss, token = (v / (accum * ctx.world) for v in ctx.sum([loss_sum, token_sum]))
-            now = time.monotonic()
-            speed = (step - tick_step) * tokens_per_step / max(now - tick, 1e-9)
-            tick, tick_step = now, step
-            last = {"step": step, "tokens": step * tokens_per_step,
-                    "flops": step * tokens_per_step * flops_per_token, "loss": loss,
-                    "token_loss": token, "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": speed, "elapsed_s": now - started, **teacher}
-            log(last)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
-        bar.update(1)
-        out_of_time = args.max_time is not None and time.monotonic() - started > args.max_time
-        if ctx.world > 1 and args.max_time is not None:  # ranks must stop together
-            out_of_time = ctx.sum([float(out_of_time)])[0] > 0
-        done = step == steps or out_of_time
-        if step % args.eval_every == 0 or done:
-            with parallel.unsharded(model) as whole:
-                result = evaluate(whole, val_tokens, args.seq_len, args.eval_tokens,
-                                  byte_lengths, autocast, ctx)
-            last.update(result)
-            log({"step": step, **result})
-            if ctx.main:
-                swap = result.get("val_swap_delta")
-                bar.write(f"step {step}: val loss {result['val_loss']:.4f}, "
-                          f"val bpb {result['val_bpb']:.4f}"
-                          + ("" if swap is None else f", top-stream swap delta {swap:+.4f}"))
-        if step % args.save_every == 0 or done:
-            path = save()
-        if out_of_time:
-            break
-    bar.close()
-    if path is None:  # nothing left to train: the checkpoint given is the final one
-        path = ckpt_io.resolve_checkpoint(out)
-    return {"step": step, "steps": steps, "checkpoint": str(path), "dtype": str(dtype),
-            "elapsed_s": time.monotonic() - started, **last}
+    def log(self, row: dict[str, Any]) -> None:
+        if self.ctx.main:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def save(self) -> Path:
+        """A checkpoint of the current step (atomically); only the last `keep` stay."""
+        args, path = self.args, self.out / f"step-{self.step:06d}"
+        # Gathering the full weights and optimizer state is a collective under FSDP.
+        weights = parallel.model_state(self.model)
+        optim = parallel.optimizer_state(self.model, self.optimizer)
+        if self.ctx.main:
+            trainer_state = {"step": self.step, "tokens": self.step * self.tokens_per_step,
+                             "flops": self.step * self.tokens_per_step * self.flops_per_token,
+                             "args": dataclasses.asdict(args)}
+            rng = {"torch": torch.get_rng_state()}  # no dropout: saved for completeness
+            ckpt_io.save_checkpoint(path, self.model, self.tokenizer, trainer_state,
+                                    {"optimizer": optim, "sampler": self.sampler.state_dict(),
+                                     "rng": rng}, weights=weights)
+            ckpt_io.write_run_config(self.out, self.model)
+            for old in ckpt_io.list_checkpoints(self.out)[:-args.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.ctx.barrier()
+        return path
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over a global batch (gradient accumulation over micro-batches
+        of this process's share); returns this process's summed losses, lr and grad norm."""
+        args, ctx = self.args, self.ctx
+        lr = lr_at(self.step, args, self.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        teacher = {"teacher_weight": teacher_weight_at(self.step, args, self.steps)} \
+            if self.curriculum else {}
+        starts = self.sampler.next(args.batch_size)
+        share = self.micro * self.accum
+        mine = starts[ctx.rank * share:(ctx.rank + 1) * share]
+        loss_sum = token_sum = 0.0
+        for i in range(self.accum):
+            x = read_windows(self.train_tokens, mine[i * self.micro:(i + 1) * self.micro],
+                             args.seq_len).to(ctx.device)
+            sync = i == self.accum - 1 or ctx.world == 1
+            with parallel.gradient_sync(self.net, self.model, sync), self.autocast():
+                out = self.net(x, labels=x, **teacher)
+                (out.loss / self.accum).backward()
+            loss_sum += out.loss.item()
+            token_sum += out.losses["token"].item()
+        grad_norm = parallel.clip_grad_norm(self.model, args.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss_sum": loss_sum, "token_sum": token_sum, "lr": lr, "grad_norm": grad_norm,
+                **teacher}
+
+    def validate(self) -> dict[str, float]:
+        with parallel.unsharded(self.model) as whole:
+            return evaluate(whole, self.val_tokens, self.args.seq_len, self.args.eval_tokens,
+                            self.byte_lengths, self.autocast, self.ctx)
+
+    def out_of_time(self) -> bool:
+        args = self.args
+        late = args.max_time is not None and time.monotonic() - self.started > args.max_time
+        if self.ctx.world > 1 and args.max_time is not None:  # ranks must stop together
+            late = self.ctx.sum([float(late)])[0] > 0
+        return late
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the last step (or --max-time), logging, validating and saving as asked;
+        returns the run's summary."""
+        args, ctx = self.args, self.ctx
+        bar = tqdm(total=self.steps, initial=self.step, disable=not ctx.main, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        path, last = None, {}
+        tick, tick_step = time.monotonic(), self.step
+        while self.step < self.steps:
+            result = self.train_step()
+            step = self.step
+            if step % args.log_every == 0 or step == self.steps:
+                loss, token = (v / (self.accum * ctx.world)
+                               for v in ctx.sum([result["loss_sum"], result["token_sum"]]))
+                now = time.monotonic()
+                speed = (step - tick_step) * self.tokens_per_step / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                teacher = {k: v for k, v in result.items() if k == "teacher_weight"}
+                last = {"step": step, "tokens": step * self.tokens_per_step,
+                        "flops": step * self.tokens_per_step * self.flops_per_token,
+                        "loss": loss, "token_loss": token, "lr": result["lr"],
+                        "grad_norm": result["grad_norm"], "tokens_per_s": speed,
+                        "elapsed_s": now - self.started, **teacher}
+                self.log(last)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
+            bar.update(1)
+            out_of_time = self.out_of_time()
+            done = step == self.steps or out_of_time
+            if step % args.eval_every == 0 or done:
+                scores = self.validate()
+                last.update(scores)
+                self.log({"step": step, **scores})
+                if ctx.main:
+                    swap = scores.get("val_swap_delta")
+                    bar.write(f"step {step}: val loss {scores['val_loss']:.4f}, "
+                              f"val bpb {scores['val_bpb']:.4f}"
+                              + ("" if swap is None else f", top-stream swap delta {swap:+.4f}"))
+            if step % args.save_every == 0 or done:
+                path = self.save()
+            if out_of_time:
+                break
+        bar.close()
+        if path is None:  # nothing left to train: the checkpoint given is the final one
+            path = ckpt_io.resolve_checkpoint(self.out)
+        return {"step": self.step, "steps": self.steps, "checkpoint": str(path),
+                "dtype": str(self.dtype), "elapsed_s": time.monotonic() - self.started, **last}

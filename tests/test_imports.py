@@ -1,0 +1,87 @@
+"""Imports point one way, and no module reaches into another subpackage's private names.
+
+cli -> serve, training, integrations -> evaluation, bench -> inference -> model; data and
+checkpoint beside them; errors and device at the bottom. Read from the source (every import,
+also those inside functions), so a new arrow the wrong way fails here.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "photon"
+# What each part may import besides itself. A part not listed may import nothing of photon.
+ALLOWED = {
+    "errors": set(),
+    "device": {"errors"},
+    "model": {"errors"},
+    "data": {"errors"},
+    "checkpoint": {"errors", "device", "model", "data"},
+    "inference": {"errors", "device", "model"},
+    "evaluation": {"errors", "device", "model", "inference", "data"},
+    "bench": {"errors", "device", "model", "inference"},
+    "training": {"errors", "device", "model", "data", "checkpoint", "evaluation"},
+    "serve": {"errors", "device", "model", "inference", "data"},
+    "integrations": {"errors", "device", "model", "data", "checkpoint", "inference",
+                     "evaluation"},
+    "cli": {"errors", "device", "model", "data", "checkpoint", "inference", "evaluation",
+            "bench", "training", "serve", "integrations"},
+    "__init__": {"errors", "model", "data", "checkpoint"},
+    "__main__": {"cli"},
+}
+# `model.generate(...)` is the one convenience that calls back into inference, imported
+# lazily inside the method (as transformers' models offer generate).
+EXCEPTIONS = {("model/lm.py", "photon.inference.generate")}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every `import photon...` / `from photon... import` in a
+    file, at any depth; relative imports are resolved against the file's package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, []) for a in node.names if a.name.startswith("photon")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("photon"):
+            found.append((node.module, [a.name for a in node.names]))
+    return found
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _violations(package: Path = PACKAGE) -> list[str]:
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        own = rel.split("/")[0].removesuffix(".py")
+        for module, names in _imports(path):
+            target = _part(module)
+            if module == "photon" and names:  # `from photon import x` names a part
+                targets = [n for n in names if (package / n).exists()
+                           or (package / f"{n}.py").exists()]
+            else:
+                targets = [target]
+            for t in targets:
+                if t != own and t not in ALLOWED[own] and (rel, module) not in EXCEPTIONS:
+                    bad.append(f"{rel} imports {module} ({own} -> {t})")
+            if target != own:
+                bad += [f"{rel} imports the private name {module}.{n}" for n in names
+                        if n.startswith("_") and not n.startswith("__")]
+    return bad
+
+
+def test_imports_point_one_way_and_no_private_name_crosses_a_subpackage():
+    assert _violations() == []
+
+
+def test_the_check_sees_a_wrong_arrow(tmp_path):
+    """The rule is not vacuous: a model module importing serve, or a private name, fails."""
+    fake = tmp_path / "photon"
+    (fake / "model").mkdir(parents=True)
+    (fake / "model" / "x.py").write_text("from photon.serve.engine import Engine\n"
+                                         "def f():\n    from photon.inference.g import _h\n")
+    assert _violations(fake) == [
+        "model/x.py imports photon.serve.engine (model -> serve)",
+        "model/x.py imports photon.inference.g (model -> inference)",
+        "model/x.py imports the private name photon.inference.g._h"]

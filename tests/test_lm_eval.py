@@ -21,7 +21,7 @@ import photon  # noqa: E402
 from photon.checkpoint import save_checkpoint  # noqa: E402
 from photon.cli import build_parser  # noqa: E402
 from photon.cli import main as cli_main  # noqa: E402
-from photon.cli.harness import harness_args  # noqa: E402
+from photon.cli.lm_eval import harness_args  # noqa: E402
 from photon.data.tokenizer import Tokenizer  # noqa: E402
 from photon.evaluation.perplexity import evaluate_text  # noqa: E402
 from photon.inference import decoders as generation  # noqa: E402

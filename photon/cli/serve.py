@@ -9,7 +9,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-from photon.errors import InputError
+from photon.errors import DependencyError, InputError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> None:
 
         from photon.serve.api import create_app
     except ImportError as e:
-        raise InputError(f"photon serve needs the serve extra ({e.name} is missing): "
-                         "pip install -e '.[serve]'") from None
+        raise DependencyError(f"photon serve needs the serve extra ({e.name} is missing): "
+                              "pip install -e '.[serve]'") from None
     import torch
 
     from photon.checkpoint import load_model

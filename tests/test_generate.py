@@ -9,6 +9,7 @@ from photon.inference.cache import KVCache
 from photon.inference.decoders import FlatDecoder, PhotonDecoder
 from photon.inference.generate import generate
 from photon.inference.scoring import sequential_logits
+from photon.inference.workload import analytic_cache_bytes
 from photon.model.layers import LocalKVCache
 from tests.conftest import make
 
@@ -144,6 +145,37 @@ def test_cache_growth_and_bounds(monkeypatch):
                  for level, cache in enumerate(hier.caches, start=1)]
     assert sum(per_token) == pytest.approx(KVCache(
         1, 1, c.n_heads, c.head_dim, 1, "cpu", torch.float32).nbytes * (1 / 4 + 1 / 16))
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_sampled_decoding_matches_uncached_forward(kind):
+    """Sampling (seeded) reads the same logits as the forward pass over what it sampled."""
+    model = make(kind)
+    outputs, logits = generate(model, PROMPTS, 37, temperature=1.0, top_k=50, seed=3,
+                               return_logits=True)
+    for prompt, new, step_logits in zip(PROMPTS, outputs, logits, strict=True):
+        full = model(torch.tensor([prompt + new])).logits[0, len(prompt) - 1:-1]
+        torch.testing.assert_close(step_logits, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["photon-W1-TF", "photon-W1"])
+def test_chunk_local_encoders_cache_only_the_top_level(kind):
+    """With encoder_window=1 nothing below the top grows with the context: HierGen's caches
+    are RecGen's (the top level only), at two context lengths, as the analytic count says."""
+    model, paper = make(kind), make("photon-B")
+    c = model.config
+    top_entry = 2 * c.d_model * 4 * c.encoder_layers[-1]  # fp32 keys and values, all layers
+    for capacity in (64, 256):
+        for mode in ("hiergen", "recgen"):
+            decoder = PhotonDecoder(model, 3, capacity, mode)
+            assert decoder.caches[0] is None
+            assert decoder.cache_bytes == 3 * analytic_cache_bytes(model, mode, capacity,
+                                                                   torch.float32)
+            assert decoder.cache_bytes == 3 * capacity // c.meta_len * top_entry
+    grow = {m: analytic_cache_bytes(m, "hiergen", 256, torch.float32)
+            - analytic_cache_bytes(m, "hiergen", 64, torch.float32) for m in (model, paper)}
+    assert grow[model] == (256 - 64) // c.meta_len * top_entry
+    assert grow[paper] == grow[model] * (1 + c.chunk_sizes[1])  # + level 1's 4 per meta
 
 
 def test_sampling_is_seeded_and_respects_top_k():

@@ -17,7 +17,7 @@ from photon.serve.engine import (
     ShuttingDownError,
     slots_for_budget,
 )
-from photon.serve.sampling import SamplingParams
+from photon.serve.sampling import BatchSampler, SamplingParams
 from photon.serve.text import TextStream
 from tests.conftest import make
 
@@ -288,3 +288,53 @@ def test_text_stream_equals_decode_of_any_ids():
                 pieces.append(stream.take())
             pieces.append(stream.take(final=True))
             assert "".join(pieces) == tok.decode(ids)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "photon-B"])
+def test_a_request_failing_inside_a_step_fails_alone(kind, engine_of, monkeypatch):
+    """A request whose sampling breaks inside a decode step is answered with an error on
+    every one of its sequences; the requests decoded in the same batch go on and produce
+    exactly the text they would have alone."""
+    model = make(kind)
+    engine = engine_of(model, slots=5)
+    own_sampler = BatchSampler.own_sampler
+
+    def breaking(self, params, copy):
+        if params.seed == 666:
+            def broken(logits):
+                raise RuntimeError("broken sampler")
+            return broken
+        return own_sampler(self, params, copy)
+
+    monkeypatch.setattr(BatchSampler, "own_sampler", breaking)
+    seeded = SamplingParams(temperature=1.0, seed=5)
+    good = [Request([1, 2, 3], 40), Request([5] * 7, 40, sampling=seeded)]
+    bad = Request([4, 4], 40, n=2, sampling=SamplingParams(temperature=1.0, seed=666))
+    first, failed, second = serve(engine, [good[0], bad, good[1]])
+    assert sorted(o.index for o in failed if o.error) == [0, 1]
+    assert all("broken sampler" in o.error for o in failed if o.error)
+    assert sequences(first)[0] == model.generate([[1, 2, 3]], 40)[0]
+    assert sequences(second)[0] == model.generate([[5] * 7], 40, temperature=1.0, seed=5)[0]
+    (again,), = serve(engine, [Request([1, 2, 3], 40)])  # the engine is healthy afterwards
+    assert again.token_ids == sequences(first)[0]
+
+
+@pytest.mark.parametrize("params", [dict(temperature=1e-40), dict(temperature=1.0, top_p=1e-300),
+                                    dict(temperature=1.0, seed=2**64 - 1)])
+def test_extreme_sampling_values_decode_next_to_others(params, engine_of):
+    """Values that pass the schema and once broke a step (a temperature or top_p below
+    float32's range, a seed whose next copy overflows) decode beside other requests."""
+    model = make("photon-B")
+    engine = engine_of(model, slots=4)
+    other = Request([1, 2, 3], 30)
+    odd = Request([7, 7], 30, n=2, sampling=SamplingParams(**params))
+    done, odd_out = serve(engine, [other, odd])
+    assert not any(o.error for o in done + odd_out)
+    assert sequences(done)[0] == model.generate([[1, 2, 3]], 30)[0]
+
+
+@pytest.mark.parametrize("bad", [dict(seed=2**64), dict(seed=-1), dict(temperature=float("nan")),
+                                 dict(top_p=0.0), dict(top_k=0)])
+def test_sampling_settings_are_checked_on_the_request_side(bad):
+    with pytest.raises(InputError):
+        SamplingParams(**{"temperature": 1.0, **bad})

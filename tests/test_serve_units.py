@@ -42,7 +42,8 @@ def test_runner_rows_decode_as_generate_does(kind, mode):
     assert sorted(rows) == [(0, 0), (0, 1), (1, 0)] and runner.free_slots == 1
     out = {r: [] for r in range(3)}
     while min(map(len, out.values())) < 12:
-        tokens, new, _ = runner.step({})
+        tokens, new, _, failed = runner.step({})
+        assert not failed
         for r in out:
             out[r] += [t for t, n in zip(tokens[r], new[r], strict=True) if n]
     expected = {i: model.generate([p], 12, mode=mode)[0] for i, p in enumerate(prompts)}

@@ -230,11 +230,21 @@ class Engine:
         started = time.monotonic()
         want = {r: s.request.logprobs for r, s in enumerate(self.rows)
                 if s.request.logprobs is not None}
-        tokens, new, logprob_rows = self.runner.step(want)
-        finished, now, generated = [], time.monotonic(), 0
+        tokens, new, logprob_rows, failed = self.runner.step(want)
+        finished: list[int] = []
+        now, generated = time.monotonic(), 0
+        for r, message in failed.items():  # only these requests fail; the batch goes on
+            self._fail_request(self.rows[r].request, message, finished)
         for r, seq in enumerate(self.rows):
+            if r in finished:
+                continue
             n_before = len(seq.text.ids)
-            output = seq.take(tokens[r], new[r], self.eos_id, logprob_rows.get(r))
+            try:
+                output = seq.take(tokens[r], new[r], self.eos_id, logprob_rows.get(r))
+            except Exception as e:  # a bug in one sequence's output must not stop the rest
+                log.exception("output processing failed")
+                self._fail_request(seq.request, f"internal error: {e}", finished)
+                continue
             generated += len(seq.text.ids) - n_before
             if not seq.started:
                 seq.started = True
@@ -248,6 +258,15 @@ class Engine:
         self.metrics.step_seconds.observe(time.monotonic() - started)
         self._finish(finished)
         return generated
+
+    def _fail_request(self, request: Request, message: str, finished: list[int]) -> None:
+        """Answer every running sequence of `request` with an error and add its rows to
+        `finished`: a failure inside a step costs that request alone."""
+        log.error("a request failed in a step: %s", message)
+        for r, seq in enumerate(self.rows):
+            if seq.request is request and r not in finished:
+                self._emit(request, Output(seq.index, "", [], error=message))
+                finished.append(r)
 
     def _finish(self, rows: list[int], cancelled: bool = False) -> None:
         """Free the slots of these rows at once."""

@@ -57,10 +57,12 @@ class ModelRunner:
 
     @torch.no_grad()
     def step(self, logprobs: dict[int, int]) -> tuple[list[list[int]], list[list[bool]],
-                                                      dict[int, Logprobs]]:
-        """Decode one step of every row: (tokens, new, logprobs) per row, where `logprobs`
-        maps row -> (chosen, top ids, top values) for the rows asking for them (`logprobs`
-        maps those rows to how many alternatives they want)."""
+                                                      dict[int, Logprobs], dict[int, str]]:
+        """Decode one step of every row: (tokens, new, logprobs, failed) per row, where
+        `logprobs` maps row -> (chosen, top ids, top values) for the rows asking for them
+        (the argument maps those rows to how many alternatives they want) and `failed` maps
+        the rows whose sampling failed to why: their tokens are not to be used."""
+        self.sampler.failed = {}
         tokens, new, logits = self.decoder.step(self.sampler)
         rows = {}
         if logprobs:
@@ -69,7 +71,7 @@ class ModelRunner:
             per_row = [None if t is None else t.tolist() for t in picked]
             rows = {r: tuple(None if t is None else t[i] for t in per_row)
                     for i, r in enumerate(want)}
-        return tokens.tolist(), new.tolist(), rows
+        return tokens.tolist(), new.tolist(), rows, self.sampler.failed
 
     def release(self, rows: list[int]) -> list[int]:
         """Free these rows' slots at once; returns, for each remaining row, its old index."""

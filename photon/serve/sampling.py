@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from photon.inference.sampling import Sampler, make_sampler
+from photon.inference.sampling import (
+    GREEDY_BELOW,
+    Sampler,
+    check_sampling,
+    make_sampler,
+    seeded_generator,
+)
 
 
 @dataclass(frozen=True)
@@ -29,11 +35,13 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        make_sampler(self.temperature, self.top_k, self.top_p)  # the same checks as generate
+        # The checks generate makes, on the request's side: a value that would break a
+        # decode step never reaches the engine.
+        check_sampling(self.temperature, self.top_k, self.top_p, self.seed)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 class BatchSampler:
@@ -47,12 +55,13 @@ class BatchSampler:
         else:
             self.generator.manual_seed(seed)
         self.groups: list[tuple[Tensor, Sampler]] = []
+        self.failed: dict[int, str] = {}  # rows whose sampler failed (the runner clears it)
 
     def own_sampler(self, params: SamplingParams, copy: int) -> Sampler | None:
         """The sampler of a seeded sequence (copy `copy` of its request), or None."""
         if params.greedy or params.seed is None:
             return None
-        generator = torch.Generator(device=self.device).manual_seed(params.seed + copy)
+        generator = seeded_generator(params.seed + copy, self.device)
         return make_sampler(params.temperature, params.top_k, params.top_p, generator)
 
     def set_rows(self, rows: Sequence[tuple[SamplingParams, Sampler | None]]) -> None:
@@ -70,9 +79,14 @@ class BatchSampler:
             self.groups.append((torch.tensor(members, device=self.device), sample))
 
     def __call__(self, logits: Tensor) -> Tensor:
+        """Every row's tokens. A group whose sampler fails takes the argmax instead and its
+        rows are listed in `failed`, so only their requests are failed, not the batch."""
         tokens = logits.argmax(-1)
         for rows, sample in self.groups:
-            tokens[rows] = sample(logits[rows])
+            try:
+                tokens[rows] = sample(logits[rows])
+            except Exception as e:  # noqa: BLE001 - any failure is this group's alone
+                self.failed.update(dict.fromkeys(rows.tolist(), f"sampling failed: {e}"))
         return tokens
 
 

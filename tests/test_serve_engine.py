@@ -2,6 +2,7 @@
 the batch; slots are freed and reused; text streams are exact; failures are answered."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -338,3 +339,23 @@ def test_extreme_sampling_values_decode_next_to_others(params, engine_of):
 def test_sampling_settings_are_checked_on_the_request_side(bad):
     with pytest.raises(InputError):
         SamplingParams(**{"temperature": 1.0, **bad})
+
+
+def test_a_small_request_behind_a_huge_one_starts_at_once(engine_of):
+    """Fair admission: a call of many prompts holds at most 3 of the 4 slots (max_share
+    0.75), so a small request sent after it starts at the next step and ends first."""
+    engine = engine_of(make("vanilla"), slots=4, max_len=64)
+    finished = []
+
+    def record(name):
+        return lambda output: finished.append(name) if output.finish_reason else None
+
+    big = [Request([1, 2], 40, ignore_eos=True, group="big", on_output=record(f"big{i}"))
+           for i in range(8)]
+    engine.submit(big)
+    small = Request([3], 4, ignore_eos=True, on_output=record("small"))
+    engine.submit([small])
+    deadline = time.monotonic() + 60
+    while len(finished) < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(finished) == 9 and finished[0] == "small", finished

@@ -1,6 +1,8 @@
 """The engine's parts alone: admission (Scheduler), the model step (ModelRunner) and output
 processing (RunningSequence)."""
 
+from collections import Counter
+
 import pytest
 
 from photon.data.tokenizer import Tokenizer
@@ -12,24 +14,39 @@ from tests.conftest import make
 
 
 def test_scheduler_admits_in_order_within_slots_and_prefill_budget():
-    scheduler = Scheduler(max_queue=3, prefill_tokens=12)
+    scheduler = Scheduler(max_queue=4, prefill_tokens=12, share_cap=10)
     a, b, c, d = (Request([1] * 4, 2), Request([1] * 4, 2, n=2), Request([1] * 4, 2),
                   Request([1] * 2, 2))
-    scheduler.add([a, b, c, d], free_slots=1)  # 4 wait, one slot free: 3 beyond it
+    scheduler.add([a, b, c, d], free_slots=1)  # 5 sequences, one slot free: 4 beyond it
     with pytest.raises(QueueFullError, match="queue is full"):
         scheduler.add([Request([1], 2)], free_slots=1)
     # Three 4-token prompts fill the 12-token prefill budget; d waits behind them.
-    assert scheduler.admit(free_slots=10, on_cancelled=print) == [a, b, c]
+    assert scheduler.admit(free_slots=10, running=Counter(), on_cancelled=print) == [a, b, c]
     assert list(scheduler.waiting) == [d]
     # b asks for 2 slots: with one free it waits, and nothing behind it jumps the queue.
-    scheduler = Scheduler(max_queue=8, prefill_tokens=100)
+    scheduler = Scheduler(max_queue=8, prefill_tokens=100, share_cap=10)
     scheduler.add([a, b, c], free_slots=0)
-    assert scheduler.admit(free_slots=2, on_cancelled=print) == [a]
+    assert scheduler.admit(free_slots=2, running=Counter(), on_cancelled=print) == [a]
     c.cancelled = True
     dropped = []
-    assert scheduler.admit(free_slots=3, on_cancelled=dropped.append) == [b]
-    assert scheduler.admit(free_slots=3, on_cancelled=dropped.append) == []
+    assert scheduler.admit(free_slots=3, running=Counter(), on_cancelled=dropped.append) == [b]
+    assert scheduler.admit(free_slots=3, running=Counter(), on_cancelled=dropped.append) == []
     assert dropped == [c] and not scheduler.waiting
+
+
+def test_scheduler_lets_other_calls_pass_a_call_at_its_share():
+    """One call's prompts hold at most share_cap slots; a later call goes ahead of the rest
+    of it instead of waiting behind it."""
+    scheduler = Scheduler(max_queue=100, prefill_tokens=1000, share_cap=3)
+    big = [Request([1] * 4, 9, group="big") for _ in range(6)]
+    small = Request([2] * 4, 9, group="small")
+    scheduler.add([*big, small], free_slots=4)
+    assert scheduler.admit(free_slots=4, running=Counter(), on_cancelled=print) == \
+        [*big[:3], small]
+    assert list(scheduler.waiting) == big[3:]
+    # Two of the big call's sequences end: two more of its prompts may join.
+    assert scheduler.admit(free_slots=2, running=Counter(big=1, small=1),
+                           on_cancelled=print) == big[3:5]
 
 
 @pytest.mark.parametrize("kind, mode", [("vanilla", "hiergen"), ("photon-B", "recgen"),

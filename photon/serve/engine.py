@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -43,7 +44,7 @@ from photon.model.lm import Model
 from photon.serve.metrics import Metrics
 from photon.serve.output import Output, Request, RunningSequence, TokenLogprob, token_text
 from photon.serve.runner import ModelRunner
-from photon.serve.scheduler import QueueFullError, Scheduler
+from photon.serve.scheduler import QueueFullError, Scheduler, group_of
 
 log = logging.getLogger("photon.serve")
 SHUTTING_DOWN = "the server is shutting down"
@@ -72,15 +73,20 @@ class Engine:
 
     def __init__(self, model: Model, tokenizer, slots: int, max_len: int,
                  mode: str = "hiergen", max_queue: int = 2048, prefill_tokens: int = 8192,
-                 seed: int | None = None, metrics: Metrics | None = None) -> None:
+                 seed: int | None = None, metrics: Metrics | None = None,
+                 max_share: float = 0.75) -> None:
         if slots < 1:
             raise InputError(f"the engine needs at least one slot, got {slots}")
+        if not 0 < max_share <= 1:
+            raise InputError(f"max_share must be in (0, 1], got {max_share}")
         check_mode(model.config, mode)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.mode = mode_label(model.config, mode)
         self.slots, self.max_len = slots, max_len
         self.eos_id = tokenizer.eos_id
-        self.scheduler = Scheduler(max_queue, prefill_tokens)
+        # One client call holds at most this many slots at once (fair admission).
+        self.share_cap = max(1, int(max_share * slots))
+        self.scheduler = Scheduler(max_queue, prefill_tokens, self.share_cap)
         self.runner = ModelRunner(model, mode, slots, max_len, seed)
         self.metrics = metrics or Metrics()
         self.metrics.slots.set(slots)
@@ -122,8 +128,9 @@ class Engine:
     def _check(self, r: Request) -> None:
         check_prompt(r.prompt, self.model.config.vocab_size)
         check_fits(len(r.prompt), r.max_tokens, self.max_len)
-        if not 1 <= r.n <= self.slots:
-            raise InputError(f"n must be in [1, {self.slots}] (the slots), got {r.n}")
+        if not 1 <= r.n <= self.share_cap:
+            raise InputError(f"n must be in [1, {self.share_cap}] (the slots one request may "
+                             f"hold), got {r.n}")
 
     def cancel(self, requests: Iterable[Request]) -> None:
         """Stop these requests' sequences at the next step boundary and free their slots."""
@@ -151,6 +158,7 @@ class Engine:
 
     def stats(self) -> dict:
         return {"slots": self.slots, "running": len(self.rows), "waiting": len(self.waiting),
+                "max_request_slots": self.share_cap,
                 "peak_running": self.peak_running, "max_len": self.max_len,
                 "mode": self.mode}
 
@@ -194,7 +202,8 @@ class Engine:
         """The waiting requests that join at this step boundary, by the scheduler's rule;
         slots of cancelled sequences count as free. Called under the lock."""
         free = self.runner.free_slots - sum(s.request.cancelled for s in self.rows)
-        return self.scheduler.admit(free, self._dropped)
+        running = Counter(group_of(s.request) for s in self.rows if not s.request.cancelled)
+        return self.scheduler.admit(free, running, self._dropped)
 
     def _dropped(self, request: Request) -> None:
         """A waiting request was cancelled before it joined."""

@@ -5,7 +5,7 @@ that reaches the request's callback."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from photon.serve.sampling import SamplingParams
@@ -61,6 +61,7 @@ class Request:
     on_output: Callable[[Output], None] = lambda output: None
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    group: Hashable | None = None  # the client call it came in (its prompts share a group)
 
 
 class RunningSequence:

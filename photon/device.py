@@ -4,6 +4,7 @@ machine that results are stored with."""
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -44,6 +45,21 @@ def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.devic
         raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return resolved, DTYPES[dtype] if dtype else (
         torch.bfloat16 if resolved.type == "cuda" else torch.float32)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device`: free GPU memory on CUDA, the kernel's
+    MemAvailable (free plus reclaimable) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict:

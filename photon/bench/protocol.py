@@ -55,6 +55,7 @@ def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, 
     """One row of the table: memory slope, the batch that fits, and its throughput."""
     batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
                                     batches)
+    batch = max(batch, 1)  # a budget below one sequence still measures one
     prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len)
     tokens_per_s = batch * gen_len / total_s
     mem_gib = slope / GIB

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -31,47 +32,81 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def size_slots(args: argparse.Namespace, model, device, max_len: int) -> tuple[int, str]:
+    """(slots, how they were chosen), checked against the memory the machine has before
+    anything is allocated: a budget must be finite, positive, within the free memory and
+    hold at least one sequence; --max-batch slots must fit the free memory too."""
+    import torch
+
+    from photon.device import GIB, available_memory
+    from photon.inference.workload import analytic_cache_bytes, weight_bytes
+    from photon.serve.engine import slots_for_budget
+
+    free = available_memory(device)
+    if args.max_batch:
+        cache = analytic_cache_bytes(model, args.mode, max_len, next(model.parameters()).dtype)
+        need = args.max_batch * cache
+        if need > free:
+            raise InputError(f"--max-batch {args.max_batch} needs {need / GIB:.2f} GiB of KV "
+                             f"cache at --max-length {max_len}, more than the "
+                             f"{free / GIB:.2f} GiB free on {device}")
+        return args.max_batch, "--max-batch"
+    budget = args.memory_budget
+    if budget is None:
+        budget = 0.9 * free / GIB if device.type == "cuda" else min(2.0, 0.9 * free / GIB)
+    if not math.isfinite(budget) or budget <= 0:
+        raise InputError(f"--memory-budget must be positive (a finite number of GiB), got {budget}")
+    if budget * GIB > free:
+        raise InputError(f"--memory-budget {budget:g} GiB is more than the {free / GIB:.2f} "
+                         f"GiB free on {device}")
+    with torch.inference_mode():
+        slots, per_slot = slots_for_budget(model, args.mode, max_len, budget)
+    if slots < 1:
+        raise InputError(f"--memory-budget {budget:g} GiB holds no sequence: the weights take "
+                         f"{weight_bytes(model) / GIB:.3f} GiB and one sequence of {max_len} "
+                         f"tokens {per_slot / 2**20:.3f} MiB")
+    return slots, (f"{budget:.2f} GiB budget / {per_slot / 2**20:.3f} MiB per sequence, "
+                   "measured as photon bench does")
+
+
 def run(args: argparse.Namespace) -> None:
     try:
         import uvicorn
 
-        from photon.serve.api import create_app
+        from photon.serve.api import Limits, create_app
     except ImportError as e:
         raise DependencyError(f"photon serve needs the serve extra ({e.name} is missing): "
                               "pip install -e '.[serve]'") from None
     import torch
 
     from photon.checkpoint import load_model
-    from photon.device import GIB, device_and_dtype
-    from photon.serve.engine import Engine, slots_for_budget
+    from photon.device import device_and_dtype
+    from photon.serve.engine import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
     api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
     device, dtype = device_and_dtype(args.device, args.dtype)
-    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads"):
+    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads",
+                 "max_request_seqs", "max_body_mb"):
         value = getattr(args, name)
-        if value is not None and value < 1:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not 0 < args.max_share <= 1:
+        raise InputError(f"--max-share must be in (0, 1], got {args.max_share}")
+    if not 0 < args.port < 65536 and args.port != 0:
+        raise InputError(f"--port must be in [0, 65535], got {args.port}")
     model, tokenizer = load_model(args.checkpoint, device=device)
     model = model.to(dtype)
     name = args.model_name or os.path.basename(os.path.normpath(args.checkpoint))
     max_len = args.max_length or model.config.max_seq_len
-    if args.max_batch:
-        slots, how = args.max_batch, "--max-batch"
-    else:
-        budget = args.memory_budget
-        if budget is None:
-            budget = 0.9 * torch.cuda.mem_get_info(device)[0] / GIB \
-                if device.type == "cuda" else 2.0
-        if budget <= 0:
-            raise InputError(f"--memory-budget must be positive, got {budget}")
-        slots, per_slot = slots_for_budget(model, args.mode, max_len, budget)
-        how = (f"{budget:.2f} GiB budget / {per_slot / 2**20:.3f} MiB per sequence, "
-               f"measured as photon bench does")
+    slots, how = size_slots(args, model, device, max_len)
     engine = Engine(model, tokenizer, slots, max_len, mode=args.mode, max_queue=args.max_queue,
-                    prefill_tokens=args.prefill_tokens, seed=args.seed)
-    app = create_app(engine, name, api_key, start_engine=False)
+                    prefill_tokens=args.prefill_tokens, seed=args.seed,
+                    max_share=args.max_share)
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20),
+                    max_request_seqs=args.max_request_seqs)
+    app = create_app(engine, name, api_key, start_engine=False, limits=limits)
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -155,7 +190,17 @@ def add_parser(verbs) -> None:
                    help="tokens per sequence, prompt and completion (default: the model's "
                         "training context)")
     p.add_argument("--max-queue", type=int, default=2048,
-                   help="requests that may wait for a slot; more are answered 429")
+                   help="sequences that may wait for a slot; more are answered 429")
+    p.add_argument("--max-share", type=float, default=0.75,
+                   help="fraction of the slots one request may hold at once (fair "
+                        "admission: the rest of a large request waits while later ones go "
+                        "ahead); also the most completions (n, best_of) of one prompt")
+    p.add_argument("--max-request-seqs", type=int,
+                   help="sequences one request may ask for, prompts x n (default: 4 x the "
+                        "slots); more is a 400")
+    p.add_argument("--max-body-mb", type=float, default=8.0,
+                   help="largest request body in MiB; a larger one is answered 413 before "
+                        "it is read")
     p.add_argument("--prefill-tokens", type=int, default=8192,
                    help="prompt tokens prefilled together at one step boundary (the first "
                         "waiting request always joins)")

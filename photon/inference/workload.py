@@ -124,7 +124,8 @@ def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
                      budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)
                      ) -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
-    intercept + slope * batch) fits the budget, capped at `max_batch`."""
+    intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one
+    sequence fits."""
     slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches)
     room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
-    return int(max(1, min(max_batch, room // max(slope, 1)))), slope
+    return int(max(0, min(max_batch, room // max(slope, 1)))), slope

@@ -2,9 +2,11 @@
 
 POST /v1/completions, GET /v1/models (both behind the API key when one is set), GET /health,
 GET /metrics (Prometheus text). Every error is OpenAI's body {"error": {message, type,
-param, code}}: 400 for a bad request, 401 for a wrong or missing key, 429 with Retry-After
-when the queue is full, 503 while shutting down, 500 for a bug. A client that disconnects
-cancels its sequences, which frees their slots at the next step.
+param, code}}: 400 for a bad request, 401 for a wrong or missing key, 413 for a body over
+the limit, 429 with Retry-After when the queue is full, 503 while shutting down, 500 for a
+bug. A client that disconnects cancels its sequences, which frees their slots at the next
+step. A request is parsed, checked and tokenized on a worker thread, never on the event
+loop, so a large one does not hold up /health or the streams of others.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
@@ -30,13 +34,22 @@ from photon.serve.output import Output, TokenLogprob
 from photon.serve.output import Request as EngineRequest
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import QueueFullError
-from photon.serve.schema import APIError, CompletionRequest
+from photon.serve.schema import APIError, CompletionRequest, is_unicode
 
 DISCONNECTED = object()  # put in a request's output queue when its client goes away
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (`photon serve --help` lists the flags)."""
+
+    max_body_bytes: int = 8 << 20  # 413 beyond
+    max_request_seqs: int | None = None  # prompts x n (or best_of); default 4 x the slots
+    max_stop_chars: int = 256  # each stop string
+
+
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
-               start_engine: bool = True) -> FastAPI:
+               start_engine: bool = True, limits: Limits = Limits()) -> FastAPI:
     """The app; it runs the engine's loop on a thread of its own from startup to shutdown,
     unless `start_engine` is False: then the caller runs and stops the engine."""
 
@@ -49,7 +62,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         yield
         await asyncio.to_thread(engine.shutdown)
 
-    app = FastAPI(title="photon serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The schema is public only when the API is: with a key, /openapi.json is off.
+    app = FastAPI(title="photon serve", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None if api_key else "/openapi.json")
+    max_seqs = limits.max_request_seqs or 4 * engine.slots
     app.add_middleware(ApiKey, key=api_key)
     app.add_middleware(RequestMetrics, engine=engine)  # outermost: counts the 401s too
     tokenizer, created = engine.tokenizer, int(time.time())
@@ -60,7 +76,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
-        return await api_error(_request, validation_error(e))
+        return await api_error(_request, validation_error(e.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, e: HTTPException) -> JSONResponse:
@@ -87,16 +103,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             "max_model_len": engine.max_len}]}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        body.check(engine.max_len, engine.slots)
-        if body.model != model_name:
-            raise APIError(400, f"the model {body.model!r} does not exist; this server "
-                                f"serves {model_name!r}", param="model",
-                           code="model_not_found")
-        prompts = tokenize(body, tokenizer, engine.max_len)
+    async def completions(request: Request) -> Response:
+        raw = await read_body(request, limits.max_body_bytes)
+        body, prompts = await asyncio.to_thread(prepare, raw, model_name, tokenizer, engine,
+                                                max_seqs, limits.max_stop_chars)
         queue: asyncio.Queue = asyncio.Queue()
-        jobs = engine_requests(body, prompts, queue)
         try:
+            jobs = engine_requests(body, prompts, queue)
             engine.submit(jobs)
         except QueueFullError as e:
             raise APIError(429, str(e), type="rate_limit_error",
@@ -125,10 +138,48 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     return app
 
 
-def validation_error(e: RequestValidationError) -> APIError:
-    """Pydantic's first complaint as one line naming the field."""
-    first = e.errors()[0]
-    loc = [str(x) for x in first.get("loc", ())[1:]]
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is known to exceed `limit`."""
+    too_large = APIError(413, f"the request body exceeds {limit:,} bytes (photon serve "
+                              "--max-body-mb)", code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def prepare(raw: bytes, model_name: str, tokenizer, engine: Engine, max_seqs: int,
+            max_stop_chars: int) -> tuple[CompletionRequest, list[list[int]]]:
+    """Parse, check and tokenize a request body (on a worker thread): the request and its
+    prompts' token ids, or an `APIError`."""
+    try:
+        body = CompletionRequest.model_validate_json(raw)
+    except ValidationError as e:
+        raise validation_error(e.errors(), body_prefix=False) from None
+    body.check(engine.max_len, engine.share_cap, max_stop_chars)
+    if body.model != model_name:
+        raise APIError(400, f"the model {body.model!r} does not exist; this server "
+                            f"serves {model_name!r}", param="model", code="model_not_found")
+    raw_prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and \
+        not isinstance(body.prompt[0], int) else [body.prompt]
+    if len(raw_prompts) * body.candidates > max_seqs:
+        raise APIError(400, f"{len(raw_prompts)} prompts x {body.candidates} completions "
+                            f"exceed the {max_seqs} sequences one request may ask for "
+                            "(photon serve --max-request-seqs)", param="prompt")
+    return body, tokenize(body, tokenizer, engine.max_len)
+
+
+def validation_error(errors: list[dict], body_prefix: bool = True) -> APIError:
+    """Pydantic's first complaint as one line naming the field (FastAPI's locations start
+    with "body", a model's own do not)."""
+    first = errors[0]
+    loc = [str(x) for x in first.get("loc", ())[1 if body_prefix else 0:]]
     if first.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {first.get('msg')}")
     if loc[:1] == ["prompt"]:  # one complaint per member of the union: say what is accepted
@@ -149,6 +200,8 @@ def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]
     max_tokens = body.max_tokens or 16
     prompts = []
     for p in raw:
+        if isinstance(p, str) and not is_unicode(p):
+            raise APIError(400, "prompt: not valid Unicode (a lone surrogate)", param="prompt")
         ids = tokenizer.encode(p) if isinstance(p, str) else list(p)
         if not ids and tokenizer.eos_id is None:
             raise APIError(400, "an empty prompt needs an end-of-text token to start from, "
@@ -181,12 +234,18 @@ def engine_requests(body: CompletionRequest, prompts: list[list[int]],
         logprobs = 0
 
     def deliver(i: int):
-        return lambda output: loop.call_soon_threadsafe(queue.put_nowait, (i, output))
+        def on_output(output: Output) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (i, output))
+            except RuntimeError:  # the event loop is closed: nobody is left to read it
+                pass
+        return on_output
 
+    group = object()  # the prompts of one call share the slots it may hold
     return [EngineRequest(prompt=p, max_tokens=body.max_tokens or 16, sampling=sampling,
                           n=body.candidates, stop=body.stop_strings, logprobs=logprobs,
                           ignore_eos=body.ignore_eos, stream=bool(body.stream),
-                          on_output=deliver(i))
+                          on_output=deliver(i), group=group)
             for i, p in enumerate(prompts)]
 
 
@@ -309,13 +368,15 @@ class ApiKey:
     (checked before the body is read). /health and /metrics stay open for probes."""
 
     def __init__(self, app, key: str | None) -> None:
-        self.app, self.expected = app, None if key is None else f"Bearer {key}".encode()
+        self.app, self.expected = app, None if key is None else key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if self.expected is not None and scope["type"] == "http" \
                 and scope["path"].startswith("/v1"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            # The scheme is case-insensitive (RFC 7235); the key is compared in constant time.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(),
+                                                                      self.expected):
                 error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer "
                                       "KEY'", code="invalid_api_key")
                 return await JSONResponse(error.body(), 401)(scope, receive, send)

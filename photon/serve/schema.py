@@ -26,6 +26,15 @@ class APIError(Exception):
                           "code": self.code}}
 
 
+def is_unicode(text: str) -> bool:
+    """False for a str holding a lone surrogate (JSON allows "\\ud800"; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -59,8 +68,9 @@ class CompletionRequest(BaseModel):
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
     vote: Literal["majority"] | None = None  # return the most frequent of the n completions
 
-    def check(self, max_len: int, slots: int) -> None:
-        """The semantic checks (types are checked on parsing); raises `APIError` (400)."""
+    def check(self, max_len: int, slots: int, max_stop_chars: int = 256) -> None:
+        """The semantic checks (types are checked on parsing); raises `APIError` (400).
+        `slots` is how many one request may hold."""
         def bad(param: str, message: str) -> APIError:
             return APIError(400, message, param=param)
 
@@ -85,8 +95,8 @@ class CompletionRequest(BaseModel):
             raise bad("best_of", f"best_of ({self.best_of}) must be at least n ({n})")
         if self.candidates > slots:
             raise bad("best_of" if self.best_of else "n",
-                      f"{self.candidates} completions of one prompt need as many slots; this "
-                      f"server has {slots}")
+                      f"{self.candidates} completions of one prompt need as many slots; one "
+                      f"request may hold {slots} on this server")
         if (self.best_of is not None or self.vote) and self.stream:
             raise bad("stream", "best_of and vote pick among finished completions: they "
                                 "cannot be streamed")
@@ -95,6 +105,10 @@ class CompletionRequest(BaseModel):
         stops = self.stop_strings
         if len(stops) > MAX_STOP or any(not s for s in stops):
             raise bad("stop", f"stop takes up to {MAX_STOP} non-empty strings")
+        if any(len(s) > max_stop_chars for s in stops):
+            raise bad("stop", f"a stop string may have at most {max_stop_chars} characters")
+        if not all(map(is_unicode, stops)):
+            raise bad("stop", "stop: not valid Unicode (a lone surrogate)")
         for param, ok in (("echo", not self.echo), ("suffix", self.suffix is None),
                           ("presence_penalty", not self.presence_penalty),
                           ("frequency_penalty", not self.frequency_penalty),

@@ -362,6 +362,14 @@ def test_a_failure_on_either_thread_stops_the_other(monkeypatch):
     (["--memory-budget", "-1"], "--memory-budget must be positive"),
     (["--mode", "recgen", "--max-batch", "2"], "at least 2 levels"),
     (["--port", "BUSY", "--max-batch", "2"], "cannot listen"),
+    (["--memory-budget", "nan"], "--memory-budget must be positive"),
+    (["--memory-budget", "inf"], "--memory-budget must be positive"),
+    (["--memory-budget", "1e9"], "GiB free on cpu"),
+    (["--memory-budget", "1e-6"], "holds no sequence"),
+    (["--max-batch", "1000000000"], "GiB free on cpu"),
+    (["--port", "99999", "--max-batch", "2"], "--port must be in [0, 65535]"),
+    (["--max-share", "0", "--max-batch", "2"], "--max-share must be in (0, 1]"),
+    (["--device", "bogus", "--max-batch", "2"], "unknown device 'bogus'"),
 ])
 def test_serve_cli_bad_input(tmp_path, capsys, args, message):
     ckpt = save_checkpoint(tmp_path / "block", make("block"), TOK)

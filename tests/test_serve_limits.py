@@ -132,3 +132,17 @@ def test_tokenizing_a_large_request_does_not_hold_up_the_event_loop(app_of):
     health, big = run(go())
     assert health.status_code == 200 and tokenizer.timed_out is False
     assert big.status_code == 400 and "context length" in big.json()["error"]["message"]
+
+
+def test_device_names_are_checked_once_for_every_verb():
+    import torch
+
+    from photon.device import resolve_device
+    from photon.errors import InputError
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="unknown device 'bogus'"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")

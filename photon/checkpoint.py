@@ -10,6 +10,7 @@ into place, so a reader sees a whole checkpoint or none, even if the writer is k
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from photon.data.tokenizer import Tokenizer
@@ -30,6 +32,10 @@ MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer_state.json"
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"step-(\d+)")
+# What writing a checkpoint raises on a full disk or an unwritable folder: the OS's error,
+# torch.save's RuntimeError ("PytorchStreamWriter failed writing file ..."), safetensors' own
+# error, and a TokenizerError from the tokenizer's files (a PhotonError).
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError, PhotonError)
 
 
 def _tied(model: Model) -> set[str]:
@@ -57,14 +63,14 @@ def save_checkpoint(directory: str | Path, model: Model, tokenizer: Tokenizer,
     """
     directory = Path(directory)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    skip = _tied(model)
+    weights = model.state_dict() if weights is None else weights
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()
+               if k not in skip}
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        skip = _tied(model)
-        weights = model.state_dict() if weights is None else weights
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()
-                   if k not in skip}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
         tokenizer.save(tmp)
         if trainer_state is not None:
@@ -73,19 +79,41 @@ def save_checkpoint(directory: str | Path, model: Model, tokenizer: Tokenizer,
             torch.save(training_state, tmp / STATE_FILE)
         for f in tmp.iterdir():
             _fsync(f)
-        if directory.exists():  # re-saving a step: swap the old folder out, then drop it
-            old = directory.parent / f".old-{directory.name}-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
+        _swap_in(tmp, directory)
         _fsync(directory.parent)
-    except OSError as e:
+    except BaseException as e:  # never leave a half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {directory}: "
-                              f"{e.strerror or e}") from None
+        if isinstance(e, WRITE_ERRORS):
+            raise CheckpointError(f"cannot write checkpoint {directory}: "
+                                  f"{_write_error(e)}") from None
+        raise
     return directory
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Rename the finished folder `tmp` to `directory`; an existing `directory` (a step
+    saved again) is swapped out first and put back if the new one cannot take its place."""
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    old = directory.parent / f".old-{directory.name}-{os.getpid()}"
+    os.replace(directory, old)
+    try:
+        os.replace(tmp, directory)
+    except BaseException:
+        os.replace(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(error: BaseException) -> str:
+    """What went wrong in a failed write, on one line: the system's words for an OSError
+    (e.g. "No space left on device"), else the writer's message (torch's
+    PytorchStreamWriter, safetensors, tokenizers)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -102,8 +130,13 @@ def write_run_config(run_dir: str | Path, model: Model) -> None:
     """Give a run folder the config.json of its checkpoints (written atomically), so tools
     that read a folder's config.json, such as transformers' AutoConfig, can open a run."""
     tmp = Path(run_dir) / f".tmp-{CONFIG_FILE}-{os.getpid()}"
-    tmp.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    os.replace(tmp, Path(run_dir) / CONFIG_FILE)
+    try:
+        tmp.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        os.replace(tmp, Path(run_dir) / CONFIG_FILE)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {Path(run_dir) / CONFIG_FILE}: "
+                              f"{_write_error(e)}") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -129,18 +162,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
         config = config_from_dict(json.loads((ckpt / CONFIG_FILE).read_text()))
     except (OSError, ValueError, TypeError) as e:  # ValueError covers bad JSON and ConfigError
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: unreadable model config: {e}") from None
+    _check_tensors(ckpt, config)  # before anything is allocated
     model = build_model(config)
     try:
         tensors = load_file(str(ckpt / MODEL_FILE))
     except Exception as e:  # safetensors raises its own error type for a damaged file
         raise CheckpointError(f"{ckpt / MODEL_FILE} is missing, corrupt or truncated: "
                               f"{e}") from None
-    expected = set(model.state_dict()) - _tied(model)
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)
-        raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
-                              f"{len(odd)} tensor name(s) differ, e.g. {odd[0]!r}")
-    try:
+    try:  # names and shapes were checked from the header; this is the safety net
         model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # shape mismatch
         first = str(e).strip().splitlines()[-1].strip()
@@ -154,6 +183,36 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
         raise CheckpointError(f"{ckpt}: tokenizer vocabulary {tokenizer.vocab_size} does not "
                               f"match the model's vocab_size {config.vocab_size}")
     return model.to(device).eval(), tokenizer
+
+
+def _check_tensors(ckpt: Path, config) -> None:
+    """That `config` describes the tensors `model.safetensors` holds (their number of
+    values, names and shapes), read from the file's header and a model on the meta device:
+    a config.json asking for a huge model fails here, before the model is built."""
+    try:
+        with safe_open(str(ckpt / MODEL_FILE), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{ckpt / MODEL_FILE} is missing, corrupt or truncated: "
+                              f"{e}") from None
+    meta = build_model(config, device="meta")
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()
+                if k not in _tied(meta)}
+    n_config, n_file = (sum(math.prod(shape) for shape in shapes.values())
+                        for shapes in (expected, stored))
+    if n_config != n_file:
+        raise CheckpointError(f"{ckpt / CONFIG_FILE} describes a model of {n_config:,} "
+                              f"parameters but {ckpt / MODEL_FILE} holds {n_file:,}: the "
+                              "config does not belong to these weights")
+    if set(stored) != set(expected):
+        odd = sorted(set(stored) ^ set(expected))
+        raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
+                              f"{len(odd)} tensor name(s) differ, e.g. {odd[0]!r}")
+    for name, shape in expected.items():
+        if stored[name] != shape:
+            raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
+                                  f"{name} is {list(stored[name])} in the file, "
+                                  f"{list(shape)} in the config")
 
 
 def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+SIZES = ("batch_size", "window", "stride", "max_bytes")  # flags that must be positive
+
 
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
+    from photon.errors import InputError
     from photon.evaluation.perplexity import evaluate_text, evaluate_tokens
 
+    for name in SIZES:  # before the model is loaded; 0 never means "the default"
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
     options = dict(mode=args.mode, window=args.window, stride=args.stride,
@@ -19,7 +26,7 @@ def run(args: argparse.Namespace) -> None:
         result = evaluate_tokens(model, tokens, tokenizer.token_bytes(), **options)
     else:
         text = _text(args)
-        if args.max_bytes:
+        if args.max_bytes is not None:
             text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
         result = evaluate_text(model, tokenizer, text, **options)
     how = result.mode + (" (decoded)" if args.decoded else "")
@@ -48,7 +55,7 @@ def _prepared_tokens(args: argparse.Namespace, tokenizer) -> list[int] | None:
     folder = pack(args.data, tokenizer)  # checks that it was made with this tokenizer
     splits = ["train", "val"] if args.split == "all" else [args.split]
     tokens = np.concatenate([np.asarray(load_tokens(folder, s)) for s in splits])
-    if args.max_bytes:
+    if args.max_bytes is not None:
         sizes = np.asarray(tokenizer.token_bytes())[tokens]
         tokens = tokens[:int(np.searchsorted(np.cumsum(sizes), args.max_bytes, "right"))]
     start = [] if tokenizer.eos_id is None else [tokenizer.eos_id]

@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> None:
                 prompts = [line.rstrip("\n") for line in f if line.strip()]
         except OSError as e:
             raise InputError(f"cannot read the prompt file: {e}") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"{args.prompt_file}: not UTF-8 text (byte {e.start}); give "
+                             "one prompt per line") from None
         if not prompts:
             raise InputError(f"{args.prompt_file} holds no prompt (one per line)")
     else:

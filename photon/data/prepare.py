@@ -189,16 +189,20 @@ def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer | str = "b
         "tokenizer": (f"bpe-{vocab_size}" if tokenizer == "bpe" else tokenizer
                       if tokenizer == "bytes" else tokenizer.fingerprint()),
     }
-    with _locked(out, wait):
-        if (out / MANIFEST).is_file():
-            manifest = read_manifest(out)
-            if manifest.get("settings") != settings:
-                raise DataError(f"{out} already holds a corpus prepared from another source or "
-                                "settings; choose another --out or delete it")
-            shutil.rmtree(out / PARTIAL, ignore_errors=True)  # killed after the manifest
-            return {**manifest, "already_prepared": True}
-        return _prepare(source, out, files, tokenizer, vocab_size, settings, split,
-                        text_field, workers, progress)
+    try:
+        with _locked(out, wait):
+            if (out / MANIFEST).is_file():
+                manifest = read_manifest(out)
+                if manifest.get("settings") != settings:
+                    raise DataError(f"{out} already holds a corpus prepared from another "
+                                    "source or settings; choose another --out or delete it")
+                shutil.rmtree(out / PARTIAL, ignore_errors=True)  # killed after the manifest
+                return {**manifest, "already_prepared": True}
+            return _prepare(source, out, files, tokenizer, vocab_size, settings, split,
+                            text_field, workers, progress)
+    except OSError as e:  # a read-only folder, a full disk, a source that went away
+        where = f" ({e.filename})" if e.filename else ""
+        raise DataError(f"cannot prepare {out}: {e.strerror or e}{where}") from None
 
 
 def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,

@@ -7,7 +7,8 @@ file is read by its name:
   (Python's `json`, one line at a time, so an error names its line);
 - `*.parquet`: one document per row of the `text_field` column (`pyarrow`, one row group
   at a time; Parquet compresses inside the file);
-- anything else: plain text, the whole file one document.
+- anything else: plain text, the whole file one document (UTF-8: a file that is not,
+  such as a program, is refused, see `check_text`).
 
 A `.gz`, `.zst`, `.bz2` or `.lz4` suffix on text or JSON Lines means a compressed file,
 decompressed as a stream by `pyarrow`. Nothing is read whole except a compressed text file
@@ -20,6 +21,7 @@ Parquet row group. Reading a piece yields `Document`s in file order.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import io
 import json
@@ -33,6 +35,8 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CODECS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
 PIECE_BYTES = 16 << 20  # plain JSON Lines files are read in byte ranges of about this size
 BLOCK_BYTES = 1 << 20  # plain text is read and tokenized in blocks of about this size
+SNIFF_BYTES = 64 << 10  # a text file's first bytes, checked to be UTF-8 text
+MAX_INVALID = 0.01  # more invalid UTF-8 than this share of them: not text
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class PieceReader:
             if p.codec:  # one document: decompress it into memory, then read it the same way
                 f = io.BytesIO(io.BufferedReader(_decompress(raw, p), BLOCK_BYTES).read())
                 size = len(f.getvalue())
+            check_text(f, p.path)
             if self.tail_fraction is None:
                 yield Document(text_blocks(f, 0, size))
             else:
@@ -278,6 +283,24 @@ class _Checked(io.RawIOBase):
 def _line(error: Exception) -> str:
     """A library's error message on one line (pyarrow's may span several)."""
     return " ".join(str(error).split())
+
+
+def check_text(f, path: str) -> None:
+    """Refuse a file that is not UTF-8 text (a program, an image, UTF-16, Latin-1), judged
+    by its first `SNIFF_BYTES`: a NUL byte, or more than `MAX_INVALID` of them not UTF-8.
+    A stray bad byte in real text passes (it becomes U+FFFD)."""
+    f.seek(0)
+    sample = f.read(SNIFF_BYTES)
+    if b"\0" in sample:
+        raise DataError(f"{path}: not UTF-8 text (it holds NUL bytes: a binary file?); give "
+                        "text, JSON Lines or Parquet files")
+    # Incremental and not final: a character cut by the end of the sample is no error.
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(sample)
+    bad = text.count("\ufffd") - sample.count("\ufffd".encode())
+    if bad > MAX_INVALID * len(sample):
+        raise DataError(f"{path}: not UTF-8 text ({bad:,} invalid sequences in its first "
+                        f"{len(sample):,} bytes); convert it to UTF-8 (e.g. iconv -f latin1 "
+                        "-t utf-8) or give text, JSON Lines or Parquet files")
 
 
 def tail_cut(f, size: int, fraction: float) -> int:

@@ -193,7 +193,11 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": self.kind, "vocab_size": self.vocab_size}
         if self._hf is not None:
-            self._hf.save(str(directory / HF_FILE))
+            try:
+                self._hf.save(str(directory / HF_FILE))
+            except Exception as e:  # tokenizers raises a plain Exception on a failed write
+                raise TokenizerError(f"cannot write {directory / HF_FILE}: "
+                                     f"{' '.join(str(e).split())}") from None
             config["eos_token"] = self._eos
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 

@@ -85,8 +85,12 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
     check_mode(model.config, mode)
     if len(tokens) < 2:
         raise InputError("the text is too short to score: it needs at least 2 tokens")
-    window = window or model.config.max_seq_len
-    stride = stride or window // 2
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    window = model.config.max_seq_len if window is None else window
+    if window < 2:
+        raise InputError(f"window must be at least 2 tokens, got {window}")
+    stride = window // 2 if stride is None else stride
     if not 0 < stride < window:
         raise InputError(f"stride must be in [1, window - 1 = {window - 1}], got {stride}")
     device = next(model.parameters()).device

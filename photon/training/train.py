@@ -416,8 +416,12 @@ class _Run:
 
     def log(self, row: dict[str, Any]) -> None:
         if self.ctx.main:
-            with open(self.metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(self.metrics_file, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:  # a full disk
+                raise CheckpointError(f"cannot write {self.metrics_file}: "
+                                      f"{e.strerror or e}") from None
 
     def save(self) -> Path:
         """A checkpoint of the current step (atomically); only the last `keep` stay."""
@@ -488,39 +492,45 @@ class _Run:
                    dynamic_ncols=True, mininterval=1.0)
         path, last = None, {}
         tick, tick_step = time.monotonic(), self.step
-        while self.step < self.steps:
-            result = self.train_step()
-            step = self.step
-            if step % args.log_every == 0 or step == self.steps:
-                loss, token = (v / (self.accum * ctx.world)
-                               for v in ctx.sum([result["loss_sum"], result["token_sum"]]))
-                now = time.monotonic()
-                speed = (step - tick_step) * self.tokens_per_step / max(now - tick, 1e-9)
-                tick, tick_step = now, step
-                teacher = {k: v for k, v in result.items() if k == "teacher_weight"}
-                last = {"step": step, "tokens": step * self.tokens_per_step,
-                        "flops": step * self.tokens_per_step * self.flops_per_token,
-                        "loss": loss, "token_loss": token, "lr": result["lr"],
-                        "grad_norm": result["grad_norm"], "tokens_per_s": speed,
-                        "elapsed_s": now - self.started, **teacher}
-                self.log(last)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
-            bar.update(1)
-            out_of_time = self.out_of_time()
-            done = step == self.steps or out_of_time
-            if step % args.eval_every == 0 or done:
-                scores = self.validate()
-                last.update(scores)
-                self.log({"step": step, **scores})
-                if ctx.main:
-                    swap = scores.get("val_swap_delta")
-                    bar.write(f"step {step}: val loss {scores['val_loss']:.4f}, "
-                              f"val bpb {scores['val_bpb']:.4f}"
-                              + ("" if swap is None else f", top-stream swap delta {swap:+.4f}"))
-            if step % args.save_every == 0 or done:
-                path = self.save()
-            if out_of_time:
-                break
+        try:
+            while self.step < self.steps:
+                result = self.train_step()
+                step = self.step
+                if step % args.log_every == 0 or step == self.steps:
+                    loss, token = (v / (self.accum * ctx.world)
+                                   for v in ctx.sum([result["loss_sum"], result["token_sum"]]))
+                    now = time.monotonic()
+                    speed = (step - tick_step) * self.tokens_per_step / max(now - tick, 1e-9)
+                    tick, tick_step = now, step
+                    teacher = {k: v for k, v in result.items() if k == "teacher_weight"}
+                    last = {"step": step, "tokens": step * self.tokens_per_step,
+                            "flops": step * self.tokens_per_step * self.flops_per_token,
+                            "loss": loss, "token_loss": token, "lr": result["lr"],
+                            "grad_norm": result["grad_norm"], "tokens_per_s": speed,
+                            "elapsed_s": now - self.started, **teacher}
+                    self.log(last)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}")
+                bar.update(1)
+                out_of_time = self.out_of_time()
+                done = step == self.steps or out_of_time
+                if step % args.eval_every == 0 or done:
+                    scores = self.validate()
+                    last.update(scores)
+                    self.log({"step": step, **scores})
+                    if ctx.main:
+                        swap = scores.get("val_swap_delta")
+                        bar.write(f"step {step}: val loss {scores['val_loss']:.4f}, "
+                                  f"val bpb {scores['val_bpb']:.4f}" + (
+                                      "" if swap is None
+                                      else f", top-stream swap delta {swap:+.4f}"))
+                if step % args.save_every == 0 or done:
+                    path = self.save()
+                if out_of_time:
+                    break
+        except BaseException:  # the error's line stands alone: the bar is erased
+            bar.leave = False
+            bar.close()
+            raise
         bar.close()
         if path is None:  # nothing left to train: the checkpoint given is the final one
             path = ckpt_io.resolve_checkpoint(self.out)

@@ -1,0 +1,292 @@
+"""The CLI against broken and hostile input (issue 19): every user mistake is one line on
+stderr, `photon VERB: error: ...`, and exit status 2; tracebacks are for bugs only.
+
+Faults a test cannot cause as root on a healthy disk (a read-only folder, a full disk) are
+injected by making the write raise what the operating system, torch or safetensors raise.
+"""
+
+import builtins
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import SafetensorError
+
+import photon
+import photon.checkpoint as ckpt_io
+import photon.data.prepare as prepare_mod
+from photon.checkpoint import save_checkpoint
+from photon.cli import main
+from photon.data.tokenizer import Tokenizer
+from photon.errors import CheckpointError
+
+TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",
+        "4", "--dtype", "fp32", "--eval-tokens", "256", "--log-every", "1"]
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")
+
+
+def one_line_error(capsys, verb: str, *needles: str) -> str:
+    """The error line of a failed command: no traceback, and its last line (after whatever
+    a progress bar drew, which errors erase) is `photon VERB: error: ...` holding every one
+    of `needles`."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last.startswith(f"photon {verb}: error: ") and err.count(": error: ") == 1, err
+    for needle in needles:
+        assert needle in last, err
+    return last
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Tokenized corpora go to this test's own cache."""
+    monkeypatch.setenv("PHOTON_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run folder holding one checkpoint of an untrained photon-tiny (byte tokenizer)."""
+    root = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    save_checkpoint(root / "step-000001", photon.build_model("photon-tiny").eval(),
+                    Tokenizer.bytes())
+    return root
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    """About 12 KB of plain UTF-8 text, non-ASCII included."""
+    path = tmp_path / "small.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog, naïve "
+                            f"café ☃\n" for i in range(200)), encoding="utf-8")
+    return path
+
+
+# --- 1. photon eval: sizes must be positive
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--window", "--stride", "--max-bytes"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_eval_sizes_must_be_positive(run_dir, text, capsys, flag, value):
+    assert main(["eval", str(run_dir), "--data", str(text), flag, value]) == 2
+    one_line_error(capsys, "eval", flag, "positive", value)
+
+
+# --- 2. photon data prepare into a folder it may not write
+
+
+def test_prepare_read_only_out(text, tmp_path, monkeypatch, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)  # root writes anyway: refuse every write under it, as the kernel would
+    real_open = builtins.open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and Path(str(file)).resolve().is_relative_to(ro):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    assert main(["data", "prepare", str(text), "--out", str(ro), "--tokenizer", "bytes"]) == 2
+    one_line_error(capsys, "data", str(ro), "Permission denied")
+
+
+def test_prepare_out_under_a_file(text, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "sub"
+    assert main(["data", "prepare", str(text), "--out", str(out), "--tokenizer", "bytes"]) == 2
+    one_line_error(capsys, "data", str(out))
+
+
+# --- 3. a full disk under photon data prepare and photon train
+
+
+@pytest.mark.parametrize("where", ["_ShardWriter.write", "_write_atomic", "np.save"])
+def test_prepare_full_disk(text, tmp_path, monkeypatch, capsys, where):
+    def full(*args, **kwargs):
+        raise ENOSPC
+
+    if where == "np.save":  # a piece's document table
+        monkeypatch.setattr(prepare_mod.np, "save", full)
+    elif where == "_ShardWriter.write":
+        monkeypatch.setattr(prepare_mod._ShardWriter, "write", full)
+    else:  # the manifest
+        monkeypatch.setattr(prepare_mod, where, full)
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", str(text), "--out", str(out), "--tokenizer", "bytes",
+                 "--workers", "1"]) == 2
+    one_line_error(capsys, "data", str(out), "No space left on device")
+    assert not (out / prepare_mod.MANIFEST).exists()
+
+
+def _fail_second_call(real):
+    """`real`, except that its second call raises as a full disk makes each writer raise."""
+    calls = []
+
+    def write(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise write.error
+        return real(*args, **kwargs)
+
+    return write
+
+
+@pytest.mark.parametrize("target,error", [
+    ("save_file", ENOSPC),
+    ("save_file", SafetensorError("Error while serializing: I/O error: No space left on "
+                                  "device (os error 28)")),
+    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:603] . "
+                                "PytorchStreamWriter failed writing file data/7: file write "
+                                "failed")),
+    ("torch.save", ENOSPC),
+], ids=["safetensors-oserror", "safetensors-error", "torch-runtimeerror", "torch-oserror"])
+def test_train_full_disk_keeps_last_checkpoint(text, tmp_path, monkeypatch, capsys, target,
+                                                error):
+    if target == "torch.save":
+        write = _fail_second_call(torch.save)
+        monkeypatch.setattr(ckpt_io.torch, "save", write)
+    else:
+        write = _fail_second_call(ckpt_io.save_file)
+        monkeypatch.setattr(ckpt_io, target, write)
+    write.error = error
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--data", str(text), "--max-steps", "2", "--save-every", "1",
+            "--keep", "1", "--eval-every", "2", "--out", str(out)]
+    assert main(argv) == 2
+    one_line_error(capsys, "train", "cannot write checkpoint", "step-000002")
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+    assert [p.name for p in ckpt_io.list_checkpoints(out)] == ["step-000001"]
+    photon.load_model(out)  # the last good checkpoint is whole
+
+
+def test_resave_failure_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = photon.build_model("photon-tiny").eval()
+    target = tmp_path / "step-000001"
+    save_checkpoint(target, model, Tokenizer.bytes())
+    real_replace = ckpt_io.os.replace
+
+    def replace(src, dst):  # the new folder cannot take the old one's place
+        if Path(src).name.startswith(".tmp-"):
+            raise ENOSPC
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_io.os, "replace", replace)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        save_checkpoint(target, model, Tokenizer.bytes())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000001"]
+    photon.load_model(target)
+
+
+# --- 4. a config.json that does not match its weights is refused before the model is built
+
+
+@pytest.mark.parametrize("verb", ["generate", "eval", "probe"])
+def test_huge_config_is_refused_before_building(run_dir, tmp_path, monkeypatch, capsys, verb):
+    ckpt = tmp_path / "huge"
+    shutil.copytree(run_dir / "step-000001", ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["d_model"] = 1_000_000  # tens of TB of parameters
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+    real_build = ckpt_io.build_model
+
+    def no_build(config, *args, **kwargs):  # the meta device allocates nothing
+        if kwargs.get("device") != "meta":
+            raise AssertionError("the model was built before its size was checked")
+        return real_build(config, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_io, "build_model", no_build)
+    argv = {"generate": ["--prompt", "hi"], "eval": [], "probe": []}[verb]
+    assert main([verb, str(ckpt), *argv]) == 2
+    one_line_error(capsys, verb, "config.json", "model.safetensors", "parameters")
+
+
+def test_config_size_mismatch_is_refused(run_dir, tmp_path):
+    ckpt = tmp_path / "wide"
+    shutil.copytree(run_dir / "step-000001", ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["d_ff"] *= 2
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json.*parameters"):
+        photon.load_model(ckpt)
+
+
+@pytest.mark.parametrize("preset,overrides", [("vanilla-tiny", {"tie_embeddings": True}),
+                                              ("photon-tiny", {})])
+def test_matching_checkpoints_pass_the_size_check(tmp_path, preset, overrides):
+    model = photon.build_model(preset, **overrides).eval()
+    save_checkpoint(tmp_path / "step-000001", model, Tokenizer.bytes())
+    loaded, _ = photon.load_model(tmp_path)
+    assert loaded.config == model.config
+    weights = tmp_path / "step-000001" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="missing, corrupt or truncated"):
+        photon.load_model(tmp_path)
+
+
+# --- 5. a binary file is not text
+
+
+@pytest.fixture
+def binary(tmp_path) -> Path:
+    path = tmp_path / "program"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 64)
+    return path
+
+
+def test_train_refuses_a_binary_file(binary, tmp_path, capsys):
+    argv = ["train", *TINY, "--data", str(binary), "--max-steps", "1", "--out",
+            str(tmp_path / "run")]
+    assert main(argv) == 2
+    one_line_error(capsys, "train", str(binary), "not UTF-8 text")
+
+
+def test_prepare_and_eval_refuse_a_binary_file(binary, run_dir, tmp_path, capsys):
+    argv = ["data", "prepare", str(binary), "--out", str(tmp_path / "p"), "--tokenizer",
+            "bytes"]
+    assert main(argv) == 2
+    one_line_error(capsys, "data", str(binary), "not UTF-8 text")
+    assert main(["eval", str(run_dir), "--data", str(binary)]) == 2
+    one_line_error(capsys, "eval", str(binary), "not UTF-8 text")
+
+
+def test_utf8_text_with_a_stray_byte_still_prepares(text, tmp_path, capsys):
+    data = text.read_bytes()
+    text.write_bytes(data[:100] + b"\xff" + data[100:])  # one damaged byte in 12 KB
+    out = tmp_path / "p"
+    assert main(["data", "prepare", str(text), "--out", str(out), "--tokenizer", "bytes"]) == 0
+    assert (out / prepare_mod.MANIFEST).is_file()
+
+
+def test_generate_refuses_a_binary_prompt_file(binary, run_dir, capsys):
+    assert main(["generate", str(run_dir), "--prompt-file", str(binary)]) == 2
+    one_line_error(capsys, "generate", str(binary))
+
+
+# --- 6. sampling settings at the edges of their range
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "-1"])
+def test_generate_seed_out_of_range(run_dir, capsys, seed):
+    assert main(["generate", str(run_dir), "--prompt", "hi", "--seed", seed,
+                 "--temperature", "1"]) == 2
+    one_line_error(capsys, "generate", "seed must be in [0, 2**64)", seed)
+
+
+def test_generate_tiny_temperature_is_greedy(run_dir, capsys):
+    outputs = []
+    for temperature in ("0", "1e-300"):
+        assert main(["generate", str(run_dir), "--prompt", "hi", "--max-new-tokens", "12",
+                     "--temperature", temperature, "--seed", "3"]) == 0
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        outputs.append(captured.out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("hi")

@@ -42,6 +42,7 @@ def app_of():
         engine = Engine(make("photon-B"), tokenizer or Tokenizer.bytes(), slots=4, max_len=128)
         engine.start()
         engines.append(engine)
+        build.engine = engine
         app = create_app(engine, "m", KEY, start_engine=False, limits=Limits(**limits))
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://test")
@@ -184,3 +185,31 @@ def test_fuzzed_requests_never_500_and_never_disturb_a_running_one(app_of):
     assert statuses.count(200) > 20 and statuses.count(400) > 100
     assert steady.status_code == 200 and steady.json()["choices"][0]["text"] == expected
     assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_draining_answers_every_request_even_while_a_step_runs_long(app_of, monkeypatch):
+    """Once the drain deadline has passed, a waiting request is answered 503 (a stream gets
+    an error event) by the HTTP side itself, within half a second, even while the engine is
+    stuck in a step that outlasts the time HTTP has left before its connections close."""
+    import time
+
+    async def go():
+        async with app_of() as client:
+            engine = app_of.engine
+            step = engine.decoder.step
+            monkeypatch.setattr(engine.decoder, "step",
+                                lambda *a: time.sleep(3) or step(*a))
+            plain = asyncio.create_task(post(client, {"model": "m", "prompt": "ab",
+                                                      "max_tokens": 64}))
+            streamed = asyncio.create_task(post(client, {"model": "m", "prompt": "cd",
+                                                         "max_tokens": 64, "stream": True}))
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            engine.drain(0.2)
+            answers = await asyncio.gather(plain, streamed)
+            return answers, time.monotonic() - started
+    (plain, streamed), took = run(go())
+    assert took < 2.0, took
+    assert plain.status_code == 503 and "shutting down" in plain.json()["error"]["message"]
+    events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert "shutting down" in events[-2] and events[-1] == "data: [DONE]"

@@ -12,6 +12,7 @@ loop, so a large one does not hold up /health or the streams of others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -37,6 +38,7 @@ from photon.serve.scheduler import QueueFullError
 from photon.serve.schema import APIError, CompletionRequest, is_unicode
 
 DISCONNECTED = object()  # put in a request's output queue when its client goes away
+DRAIN_POLL_S = 0.5  # how often a waiting request looks at the drain deadline
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
-            outputs = await collect(jobs, queue)
+            outputs = await collect(jobs, queue, engine)
         finally:
             watcher.cancel()
             engine.cancel(jobs)  # a no-op for finished requests
@@ -235,10 +237,9 @@ def engine_requests(body: CompletionRequest, prompts: list[list[int]],
 
     def deliver(i: int):
         def on_output(output: Output) -> None:
-            try:
+            # A closed event loop (after shutdown) has nobody left to read it.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, (i, output))
-            except RuntimeError:  # the event loop is closed: nobody is left to read it
-                pass
         return on_output
 
     group = object()  # the prompts of one call share the slots it may hold
@@ -256,13 +257,27 @@ async def watch_disconnect(request: Request, queue: asyncio.Queue) -> None:
     queue.put_nowait(DISCONNECTED)
 
 
-async def collect(jobs: list[EngineRequest], queue: asyncio.Queue
+async def next_item(queue: asyncio.Queue, engine: Engine):
+    """The next output (or DISCONNECTED) of a request. Once the engine's drain deadline has
+    passed, a shutting-down error is made here, without waiting for the engine: its current
+    step may outlast the time HTTP has left, and every client is owed an error before its
+    connection closes."""
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), DRAIN_POLL_S)
+        except asyncio.TimeoutError:  # noqa: UP041 (Python 3.10: not the builtin)
+            deadline = engine.drain_deadline
+            if deadline is not None and time.monotonic() > deadline + DRAIN_POLL_S:
+                return -1, Output(0, "", [], error=SHUTTING_DOWN)
+
+
+async def collect(jobs: list[EngineRequest], queue: asyncio.Queue, engine: Engine
                   ) -> list[dict[int, Output]] | None:
     """Every sequence's final output, per prompt; None if the client went away."""
     outputs: list[dict[int, Output]] = [{} for _ in jobs]
     left = sum(job.n for job in jobs)
     while left:
-        item = await queue.get()
+        item = await next_item(queue, engine)
         if item is DISCONNECTED:
             return None
         i, output = item
@@ -335,7 +350,7 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
     left, completion = sum(job.n for job in jobs), 0
     try:
         while left:
-            item = await queue.get()
+            item = await next_item(queue, engine)
             if item is DISCONNECTED:
                 return
             i, output = item

@@ -103,6 +103,11 @@ class Engine:
         return self.runner.decoder
 
     @property
+    def drain_deadline(self) -> float | None:
+        """When unfinished requests are failed (time.monotonic), once draining."""
+        return self._drain_deadline
+
+    @property
     def waiting(self):
         """The requests waiting for a slot, in arrival order."""
         return self.scheduler.waiting

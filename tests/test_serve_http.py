@@ -381,3 +381,23 @@ def test_serve_cli_bad_input(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert cli_main(["serve", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.e2e
+def test_slow_request_heads_are_closed(tmp_path):
+    """Connections that never finish their request head are closed after --header-timeout;
+    the server keeps answering others."""
+    ckpt = save_checkpoint(tmp_path / "flat", make("vanilla"), TOK)
+    with ServerProcess(ckpt, "--max-batch", "2", "--header-timeout", "1") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        slow = []
+        for _ in range(20):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
+            slow.append(s)
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        for s in slow:
+            s.settimeout(10)
+            assert s.recv(1024) == b""  # closed by the server
+            s.close()
+        assert httpx.get(f"{server.url}/health").status_code == 200

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
     device, dtype = device_and_dtype(args.device, args.dtype)
     for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads",
-                 "max_request_seqs", "max_body_mb"):
+                 "max_request_seqs", "max_body_mb", "header_timeout"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -115,8 +115,11 @@ def run(args: argparse.Namespace) -> None:
           f"{', API key required' if api_key else ''}")
     print(f"listening on {url}  (OpenAI API at {url}/v1; Ctrl-C drains and stops)", flush=True)
 
+    from photon.serve.http import with_header_timeout
+
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=int(args.drain_timeout) + 5)
+                            timeout_graceful_shutdown=int(args.drain_timeout) + 5,
+                            http=with_header_timeout(args.header_timeout))
     serve_forever(engine, uvicorn.Server(config), sock, args.drain_timeout)
 
 
@@ -211,6 +214,9 @@ def add_parser(verbs) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on Ctrl-C / SIGTERM, seconds to let running requests finish before "
                         "they are answered with an error")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a new connection has to send its request line and headers "
+                        "before it is closed")
     p.add_argument("--seed", type=int, help="seed of the generator unseeded requests share")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

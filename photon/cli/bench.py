@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import asdict
 
+from photon.inference.modes import MODES
+
 
 def run(args: argparse.Namespace) -> None:
     import torch
@@ -115,7 +117,7 @@ def add_parser(verbs) -> None:
     p.add_argument("--workloads", default="PF,DE", help="comma-separated: PF, DE")
     p.add_argument("--prompt-len", type=int, help="custom workload: prompt tokens")
     p.add_argument("--gen-len", type=int, help="custom workload: generated tokens")
-    p.add_argument("--modes", default="hiergen,recgen", help="PHOTON decoding modes")
+    p.add_argument("--modes", default=",".join(MODES), help="PHOTON decoding modes")
     p.add_argument("--budget-gib", type=float,
                    help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
     p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.inference.modes import MODES
+
 SIZES = ("batch_size", "window", "stride", "max_bytes")  # flags that must be positive
 
 
@@ -80,7 +82,7 @@ def add_parser(verbs) -> None:
                    help="val (default): the held-out part training never saw; train; all")
     p.add_argument("--text-field", default="text",
                    help="JSON field / Parquet column holding the text (default: text)")
-    p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen")
+    p.add_argument("--mode", choices=MODES, default="hiergen")
     p.add_argument("--decoded", action="store_true",
                    help="PHOTON: compute the logits through the cached decoding path, meta-"
                         "context by meta-context, as generation does (slower; it equals "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.inference.modes import MODES
+
 
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
@@ -70,7 +72,7 @@ def add_parser(verbs) -> None:
                                     "end-of-text token (BPE tokenizers; raw bytes have none)")
     p.add_argument("--prompt-file", help="file with one prompt per line, decoded as a batch "
                                          "(blank lines are skipped)")
-    p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen",
+    p.add_argument("--mode", choices=MODES, default="hiergen",
                    help="PHOTON decoding schedule (ignored by flat models)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")

@@ -11,6 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from photon.errors import DependencyError, InputError
+from photon.inference.modes import MODES
 
 if TYPE_CHECKING:
     import uvicorn
@@ -182,7 +183,7 @@ def add_parser(verbs) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    p.add_argument("--mode", choices=["hiergen", "recgen"], default="hiergen",
+    p.add_argument("--mode", choices=MODES, default="hiergen",
                    help="PHOTON decoding schedule (ignored by flat models)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--memory-budget", type=float, metavar="GIB",

@@ -30,6 +30,19 @@ def test_paper_parameter_counts(name):
     assert sum(modules.values()) == total
 
 
+@pytest.mark.parametrize("size", ["tiny", "small", "600m", "900m", "1.2b"])
+def test_bounded_presets_drop_only_the_level1_query_and_key_weights(size):
+    """photon-SIZE-bounded is photon-SIZE with latent teacher forcing (no parameters) and a
+    level-1 encoder of window 1, whose attention has no query/key projections: 2·D² fewer
+    per level-1 encoder layer (photon-600m-bounded: 624,247,936)."""
+    paper = photon.get_preset(f"photon-{size}")
+    bounded = photon.get_preset(f"photon-{size}-bounded")
+    dropped = 2 * paper.d_model ** 2 * paper.encoder_layers[0]
+    assert photon.count_parameters(bounded)[0] == photon.count_parameters(paper)[0] - dropped
+    if size == "600m":
+        assert photon.count_parameters(bounded)[0] == 624_247_936
+
+
 @pytest.mark.parametrize("size", ["tiny", "small"])
 def test_cpu_trios_match_in_size(size):
     counts = [photon.count_parameters(photon.get_preset(f"{k}-{size}"))[0]

@@ -32,7 +32,7 @@ import torch
 from photon.bench import plots, protocol
 from photon.checkpoint import load_model
 from photon.data.corpus import validation_text
-from photon.data.prepare import load_tokens, pack
+from photon.data.prepare import load_tokens, packed_dir
 from photon.device import environment
 from photon.evaluation.perplexity import evaluate_text
 from photon.evaluation.probe import probe, unigram_logprobs
@@ -127,7 +127,7 @@ def main() -> None:
 
 def context_use(model: PhotonLM, tokenizer) -> dict:
     """The numbers of `photon probe` that say whether the hierarchy is read."""
-    packed = pack("shakespeare", tokenizer)
+    packed = packed_dir("shakespeare", tokenizer)
     r = probe(model, load_tokens(packed, "val"),
               unigram_logprobs(load_tokens(packed, "train"), tokenizer.vocab_size),
               recgen=False)

@@ -27,7 +27,7 @@ import photon
 from photon.cli import main as cli_main
 from photon.data import sources
 from photon.data.corpus import Split, split_documents
-from photon.data.prepare import is_prepared, load_tokens, pack, prepare, read_manifest
+from photon.data.prepare import is_prepared, load_tokens, packed_dir, prepare, read_manifest
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError, TokenizerError
 
@@ -209,7 +209,7 @@ def test_train_and_eval_on_a_prepared_jsonl_directory(env, tmp_path, capsys):
     # photon train --data FILE tokenizes into the cache: a prepared directory too, the same
     # bytes as photon data prepare with the default split.
     prepare(env["jsonl"], tmp_path / "default", tok, progress=False)
-    assert shards(pack(env["jsonl"], tok)) == shards(tmp_path / "default")
+    assert shards(packed_dir(env["jsonl"], tok)) == shards(tmp_path / "default")
 
     shutil.rmtree(data)
     assert cli_main(["data", "prepare", str(env["jsonl"]), "--out", str(data), "--tokenizer",

@@ -12,7 +12,7 @@ import torch
 
 import photon
 from photon.data.corpus import SHAKESPEARE
-from photon.data.prepare import load_tokens, pack
+from photon.data.prepare import load_tokens, packed_dir
 from photon.evaluation.probe import probe, unigram_logprobs
 from photon.model.config import PhotonConfig
 from photon.training.train import TrainArgs, _optimizer, train
@@ -83,7 +83,7 @@ def test_trained_photon_reads_its_top_stream_on_shakespeare(tmp_path, preset):
                          max_steps=300, eval_every=10**6, save_every=10**6, eval_tokens=8192,
                          out=str(tmp_path / "run")))
     model, tokenizer = photon.load_model(summary["checkpoint"])
-    packed = pack(SHAKESPEARE, tokenizer)
+    packed = packed_dir(SHAKESPEARE, tokenizer)
     report = probe(model, load_tokens(packed, "val"),
                    unigram_logprobs(load_tokens(packed, "train"), tokenizer.vocab_size),
                    windows=32, seq_len=128, recgen=False)

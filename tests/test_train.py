@@ -22,7 +22,7 @@ import photon
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.corpus import WindowSampler, resolve_corpus, split_documents, validation_text
-from photon.data.prepare import load_tokens, pack
+from photon.data.prepare import load_tokens, packed_dir
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError, ConfigError
 from photon.training.train import TrainArgs, check_schedule, teacher_weight_at, total_steps
@@ -73,7 +73,7 @@ def split_texts(corpus):
 def test_split_packing_and_sampler(env):
     files = resolve_corpus(env["corpus"])
     val = validation_text(env["corpus"])
-    folder = pack(env["corpus"], Tokenizer.bytes())
+    folder = packed_dir(env["corpus"], Tokenizer.bytes())
     train_tokens, val_tokens = load_tokens(folder, "train"), load_tokens(folder, "val")
     assert isinstance(train_tokens, np.memmap) and train_tokens.dtype == np.uint16
     total = sum(p.stat().st_size for p in files)

@@ -50,11 +50,11 @@ def _prepared_tokens(args: argparse.Namespace, tokenizer) -> list[int] | None:
     end-of-document token so that every document token is scored, cut at --max-bytes."""
     import numpy as np
 
-    from photon.data.prepare import is_prepared, load_tokens, pack
+    from photon.data.prepare import is_prepared, load_tokens, packed_dir
 
     if not is_prepared(args.data):
         return None
-    folder = pack(args.data, tokenizer)  # checks that it was made with this tokenizer
+    folder = packed_dir(args.data, tokenizer)  # checks that it was made with this tokenizer
     splits = ["train", "val"] if args.split == "all" else [args.split]
     tokens = np.concatenate([np.asarray(load_tokens(folder, s)) for s in splits])
     if args.max_bytes is not None:

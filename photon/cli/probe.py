@@ -9,7 +9,7 @@ import json
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import TRAINER_FILE, load_model, resolve_checkpoint
     from photon.data.corpus import SHAKESPEARE
-    from photon.data.prepare import load_tokens, pack
+    from photon.data.prepare import load_tokens, packed_dir
     from photon.evaluation.probe import plot_report, probe, unigram_logprobs
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> None:
             data = json.loads((ckpt / TRAINER_FILE).read_text())["args"]["data"]
         except (OSError, ValueError, KeyError):
             data = SHAKESPEARE
-    packed = pack(data, tokenizer)
+    packed = packed_dir(data, tokenizer)
     report = probe(model, load_tokens(packed, "val"),
                    unigram_logprobs(load_tokens(packed, "train"), tokenizer.vocab_size),
                    windows=args.windows, seq_len=args.seq_len, batch_size=args.batch_size,

@@ -136,7 +136,7 @@ def tokenizer_for(data: str, kind: str | None, vocab_size: int) -> Tokenizer:
     return get_tokenizer(data, kind or "bpe", vocab_size)
 
 
-def pack(corpus: str | Path, tokenizer: Tokenizer) -> Path:
+def packed_dir(corpus: str | Path, tokenizer: Tokenizer) -> Path:
     """A prepared directory of `corpus` tokenized by `tokenizer`: the corpus itself if it is
     one (made with this tokenizer), else one prepared into the cache (built once)."""
     if is_prepared(corpus):

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from photon import checkpoint as ckpt_io
 from photon.data.corpus import SHAKESPEARE, WindowSampler, read_windows
-from photon.data.prepare import load_tokens, pack, tokenizer_for
+from photon.data.prepare import load_tokens, packed_dir, tokenizer_for
 from photon.device import resolve_device
 from photon.errors import CheckpointError, ConfigError, DataError
 from photon.evaluation.probe import ablation_nll
@@ -331,7 +331,7 @@ class _Run:
                 lambda: tokenizer_for(args.data, args.tokenizer, args.vocab_size))
         else:
             self.tokenizer = self.restored["tokenizer"]
-        packed = self._first_then_others(lambda: pack(args.data, self.tokenizer))
+        packed = self._first_then_others(lambda: packed_dir(args.data, self.tokenizer))
         self.train_tokens, self.val_tokens = load_tokens(packed, "train"), \
             load_tokens(packed, "val")
         if len(self.val_tokens) < 2:

@@ -1,7 +1,7 @@
 """Quality next to speed, reproducibly.
 
-Trains vanilla-small, block-small and photon-small (chunks 4x4 and 2x2, variants B and A,
-and the latent-teacher-forcing option) on shakespeare with the same training FLOPs,
+Trains vanilla-small, block-small, photon-small (chunks 4x4 and 2x2, variants B and A, and
+the latent-teacher-forcing option) and photon-small-bounded on shakespeare with the same training FLOPs,
 evaluates each on the held-out split (bits per byte; PHOTON under HierGen and RecGen),
 probes how much each hierarchy reads its top stream (photon probe), benchmarks each with
 the paper's protocol, and plots TPM against bpb with the Pareto frontier.
@@ -39,8 +39,8 @@ from photon.evaluation.probe import probe, unigram_logprobs
 from photon.inference.modes import mode_label, modes_of
 from photon.model.lm import PhotonLM
 
-MODELS = ["vanilla-small", "block-small", "photon-small", "photon-small-tf", "photon-small-2x2",
-          "photon-small-A"]
+MODELS = ["vanilla-small", "block-small", "photon-small", "photon-small-bounded",
+          "photon-small-tf", "photon-small-2x2", "photon-small-A"]
 QUICK_MODELS = ["vanilla-tiny", "block-tiny", "photon-tiny"]
 
 

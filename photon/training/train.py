@@ -45,7 +45,7 @@ from photon.training import parallel
 class TrainArgs:
     """Everything that defines a run (saved with every checkpoint)."""
 
-    preset: str = "photon-small"
+    preset: str = "photon-small-bounded"  # docs/hierarchy.md §7: the bounded-memory form
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config fields
     data: str = SHAKESPEARE  # a corpus (prepared here into the cache) or a prepared directory
     tokenizer: str | None = None  # "bpe" (trained on the corpus; the default), "bytes", a

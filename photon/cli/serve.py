@@ -196,9 +196,10 @@ def add_parser(verbs) -> None:
     p.add_argument("--max-queue", type=int, default=2048,
                    help="sequences that may wait for a slot; more are answered 429")
     p.add_argument("--max-share", type=float, default=0.75,
-                   help="fraction of the slots one request may hold at once (fair "
-                        "admission: the rest of a large request waits while later ones go "
-                        "ahead); also the most completions (n, best_of) of one prompt")
+                   help="fraction of the slots one request may hold at once, and of a "
+                        "step's prefill budget while other requests wait (fair admission: "
+                        "the rest of a large request waits while later ones go ahead); "
+                        "also the most completions (n, best_of) of one prompt")
     p.add_argument("--max-request-seqs", type=int,
                    help="sequences one request may ask for, prompts x n (default: 4 x the "
                         "slots); more is a 400")
@@ -206,9 +207,10 @@ def add_parser(verbs) -> None:
                    help="largest request body in MiB; a larger one is answered 413 before "
                         "it is read")
     p.add_argument("--prefill-tokens", type=int, default=8192,
-                   help="prompt tokens prefilled together at one step boundary (the first "
-                        "waiting request always joins)")
+                   help="prompt tokens prefilled or scored (echo) together at one step "
+                        "boundary (the first waiting request always joins)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests "
+                                     "and /tokenize, /detokenize, /tokenizer_info "
                                      "(default: $PHOTON_API_KEY; none if unset)")
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint "
                                         "folder's name)")

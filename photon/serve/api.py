@@ -1,12 +1,14 @@
 """The ASGI app of `photon serve`: OpenAI's completions API over the engine.
 
-POST /v1/completions, GET /v1/models (both behind the API key when one is set), GET /health,
-GET /metrics (Prometheus text). Every error is OpenAI's body {"error": {message, type,
-param, code}}: 400 for a bad request, 401 for a wrong or missing key, 413 for a body over
-the limit, 429 with Retry-After when the queue is full, 503 while shutting down, 500 for a
-bug. A client that disconnects cancels its sequences, which frees their slots at the next
-step. A request is parsed, checked and tokenized on a worker thread, never on the event
-loop, so a large one does not hold up /health or the streams of others.
+POST /v1/completions (with echo: the prompt's tokens and their log-probabilities), GET
+/v1/models, and vLLM's POST /tokenize, POST /detokenize and GET /tokenizer_info (all behind
+the API key when one is set), GET /health, GET /metrics (Prometheus text). Every error is
+OpenAI's body {"error": {message, type, param, code}}: 400 for a bad request, 401 for a
+wrong or missing key, 413 for a body over the limit, 429 with Retry-After when the queue is
+full, 503 while shutting down, 500 for a bug. A client that disconnects cancels its
+sequences, which frees their slots at the next step. A request is parsed, checked and
+tokenized on a worker thread, never on the event loop, so a large one does not hold up
+/health or the streams of others.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,14 +33,22 @@ from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
 from photon.serve.engine import SHUTTING_DOWN, Engine, ShuttingDownError
-from photon.serve.output import Output, TokenLogprob
+from photon.serve.output import Echo, Output, TokenLogprob, eos_text, token_text
 from photon.serve.output import Request as EngineRequest
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import QueueFullError
-from photon.serve.schema import APIError, CompletionRequest, is_unicode
+from photon.serve.schema import (
+    APIError,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    is_unicode,
+)
 
 DISCONNECTED = object()  # put in a request's output queue when its client goes away
 DRAIN_POLL_S = 0.5  # how often a waiting request looks at the drain deadline
+# Paths behind the API key besides /v1/...: vLLM's tokenizer endpoints.
+TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                                                 max_seqs, limits.max_stop_chars)
         queue: asyncio.Queue = asyncio.Queue()
         try:
-            jobs = engine_requests(body, prompts, queue)
+            jobs = engine_requests(body, prompts, queue, eos_text(tokenizer))
             engine.submit(jobs)
         except QueueFullError as e:
             raise APIError(429, str(e), type="rate_limit_error",
@@ -137,6 +147,25 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             return Response(status_code=499)
         return JSONResponse({**head, **complete(body, prompts, outputs)})
 
+    @app.post("/tokenize")
+    async def tokenize_text(request: Request) -> dict:
+        raw = await read_body(request, limits.max_body_bytes)
+        return await asyncio.to_thread(tokenize_body, raw, model_name, tokenizer,
+                                       engine.max_len)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        raw = await read_body(request, limits.max_body_bytes)
+        return await asyncio.to_thread(detokenize_body, raw, model_name, tokenizer)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        return {"tokenizer_class": f"photon.Tokenizer({tokenizer.kind})",
+                "eos_token": eos_text(tokenizer), "bos_token": None, "pad_token": None,
+                "unk_token": None, "add_bos_token": False, "add_eos_token": False,
+                "model_max_length": engine.max_len, "vocab_size": tokenizer.vocab_size,
+                "chat_template": None}
+
     return app
 
 
@@ -160,14 +189,9 @@ def prepare(raw: bytes, model_name: str, tokenizer, engine: Engine, max_seqs: in
             max_stop_chars: int) -> tuple[CompletionRequest, list[list[int]]]:
     """Parse, check and tokenize a request body (on a worker thread): the request and its
     prompts' token ids, or an `APIError`."""
-    try:
-        body = CompletionRequest.model_validate_json(raw)
-    except ValidationError as e:
-        raise validation_error(e.errors(), body_prefix=False) from None
-    body.check(engine.max_len, engine.share_cap, max_stop_chars)
-    if body.model != model_name:
-        raise APIError(400, f"the model {body.model!r} does not exist; this server "
-                            f"serves {model_name!r}", param="model", code="model_not_found")
+    body = parse(CompletionRequest, raw)
+    body.check(engine.max_len, engine.share_cap, max_stop_chars, eos_text(tokenizer))
+    check_model(body.model, model_name)
     raw_prompts = body.prompt if isinstance(body.prompt, list) and body.prompt and \
         not isinstance(body.prompt[0], int) else [body.prompt]
     if len(raw_prompts) * body.candidates > max_seqs:
@@ -175,6 +199,44 @@ def prepare(raw: bytes, model_name: str, tokenizer, engine: Engine, max_seqs: in
                             f"exceed the {max_seqs} sequences one request may ask for "
                             "(photon serve --max-request-seqs)", param="prompt")
     return body, tokenize(body, tokenizer, engine.max_len)
+
+
+def check_model(model: str | None, model_name: str) -> None:
+    if model is not None and model != model_name:
+        raise APIError(400, f"the model {model!r} does not exist; this server "
+                            f"serves {model_name!r}", param="model", code="model_not_found")
+
+
+def parse(cls, raw: bytes):
+    """A request body of `cls`, or an `APIError` naming the field at fault."""
+    try:
+        return cls.model_validate_json(raw)
+    except ValidationError as e:
+        raise validation_error(e.errors(), body_prefix=False) from None
+
+
+def tokenize_body(raw: bytes, model_name: str, tokenizer, max_len: int) -> dict:
+    """POST /tokenize (vLLM's shape): the prompt's token ids, as a completion's prompt is
+    tokenized (an end-of-text string in the text is the end-of-text token)."""
+    body = parse(TokenizeRequest, raw)
+    body.check()
+    check_model(body.model, model_name)
+    if not is_unicode(body.prompt):
+        raise APIError(400, "prompt: not valid Unicode (a lone surrogate)", param="prompt")
+    ids = tokenizer.encode(body.prompt)
+    strs = [token_text(tokenizer, t) for t in ids] if body.return_token_strs else None
+    return {"count": len(ids), "max_model_len": max_len, "tokens": ids, "token_strs": strs}
+
+
+def detokenize_body(raw: bytes, model_name: str, tokenizer) -> dict:
+    """POST /detokenize (vLLM's shape): the text of token ids."""
+    body = parse(DetokenizeRequest, raw)
+    check_model(body.model, model_name)
+    bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
+                            f"[0, {tokenizer.vocab_size})", param="tokens")
+    return {"prompt": tokenizer.decode(body.tokens)}
 
 
 def validation_error(errors: list[dict], body_prefix: bool = True) -> APIError:
@@ -199,7 +261,7 @@ def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]
     if not raw:
         raise APIError(400, "prompt is empty: give a string, strings or token ids",
                        param="prompt")
-    max_tokens = body.max_tokens or 16
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
     prompts = []
     for p in raw:
         if isinstance(p, str) and not is_unicode(p):
@@ -223,8 +285,10 @@ def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]
 
 
 def engine_requests(body: CompletionRequest, prompts: list[list[int]],
-                    queue: asyncio.Queue) -> list[EngineRequest]:
-    """One engine request per prompt; outputs arrive in `queue` as (prompt index, Output)."""
+                    queue: asyncio.Queue, end_of_text: str | None = None
+                    ) -> list[EngineRequest]:
+    """One engine request per prompt; outputs arrive in `queue` as (prompt index, Output).
+    With echo the prompt is scored, with the alternatives `logprobs` asks for."""
     loop = asyncio.get_running_loop()
     sampling = SamplingParams(temperature=1.0 if body.temperature is None else body.temperature,
                               top_p=None if body.top_p in (None, 1.0) else body.top_p,
@@ -243,10 +307,12 @@ def engine_requests(body: CompletionRequest, prompts: list[list[int]],
         return on_output
 
     group = object()  # the prompts of one call share the slots it may hold
-    return [EngineRequest(prompt=p, max_tokens=body.max_tokens or 16, sampling=sampling,
-                          n=body.candidates, stop=body.stop_strings, logprobs=logprobs,
-                          ignore_eos=body.ignore_eos, stream=bool(body.stream),
-                          on_output=deliver(i), group=group)
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    return [EngineRequest(prompt=p, max_tokens=max_tokens, sampling=sampling,
+                          n=body.candidates, stop=body.stops(end_of_text), logprobs=logprobs,
+                          ignore_eos=not body.stops_at_eos(end_of_text),
+                          stream=bool(body.stream), on_output=deliver(i), group=group,
+                          prompt_logprobs=body.logprobs if body.echo else None)
             for i, p in enumerate(prompts)]
 
 
@@ -295,12 +361,27 @@ def engine_error(message: str) -> APIError:
 
 def logprobs_body(logprobs: list[TokenLogprob]) -> dict:
     """OpenAI's completion logprobs: tokens, their log-probabilities, the alternatives
-    (when asked for), and where each token's text starts in the completion."""
+    (when asked for), and where each token's text starts in the completion. An echoed
+    prompt's first token has neither a log-probability nor alternatives (null)."""
     top = [lp.top for lp in logprobs]
     return {"tokens": [lp.token for lp in logprobs],
             "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": None if any(t is None for t in top) else top,
+            "top_logprobs": top if any(t is not None for t in top) else None,
             "text_offset": [lp.offset for lp in logprobs]}
+
+
+def with_echo(echo: Echo | None, text: str, logprobs: list[TokenLogprob] | None,
+              shift: int = 0) -> tuple[str, list[TokenLogprob] | None]:
+    """A choice's text and log-probabilities: the echoed prompt's (if any) followed by the
+    generated part's, whose offsets move past the prompt's text (`shift`: its length, for a
+    stream's later chunks)."""
+    if echo is not None:
+        shift = len(echo.text)
+    if shift and logprobs:
+        logprobs = [replace(lp, offset=lp.offset + shift) for lp in logprobs]
+    if echo is None:
+        return text, logprobs
+    return echo.text + text, [*echo.logprobs, *(logprobs or [])]
 
 
 def mean_logprob(output: Output) -> float:
@@ -332,10 +413,11 @@ def complete(body: CompletionRequest, prompts: list[list[int]],
         else:
             picked = [(o, {}) for o in ordered]
         for output, extra in picked:
+            text, logprobs = with_echo(output.echo, output.text, output.logprobs)
             choices.append({
-                "index": len(choices), "text": output.text, "finish_reason":
-                output.finish_reason, "logprobs": None if body.logprobs is None
-                else logprobs_body(output.logprobs), **extra})
+                "index": len(choices), "text": text, "finish_reason": output.finish_reason,
+                "logprobs": None if body.logprobs is None else logprobs_body(logprobs),
+                **extra})
     completion = sum(len(o.token_ids) for c in outputs for o in c.values())
     prompt = sum(map(len, prompts))
     return {"choices": choices, "usage": {"prompt_tokens": prompt, "completion_tokens":
@@ -348,6 +430,7 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
     """Server-sent events: a chunk per sequence per step, an optional usage chunk, [DONE]."""
     n = body.n or 1
     left, completion = sum(job.n for job in jobs), 0
+    shifts: dict[int, int] = {}  # choice index -> length of its echoed prompt's text
     try:
         while left:
             item = await next_item(queue, engine)
@@ -360,11 +443,14 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
             index = i * n + output.index
             completion += len(output.token_ids)
             left -= output.finish_reason is not None
-            if not (output.text or output.finish_reason or output.token_ids):
+            if not (output.text or output.finish_reason or output.token_ids or output.echo):
                 continue
-            logprobs = None if body.logprobs is None else logprobs_body(output.logprobs)
-            choice = {"index": index, "text": output.text, "logprobs": logprobs,
-                      "finish_reason": output.finish_reason}
+            if output.echo is not None:
+                shifts[index] = len(output.echo.text)
+            text, logprobs = with_echo(output.echo, output.text, output.logprobs,
+                                       shifts.get(index, 0))
+            choice = {"index": index, "text": text, "finish_reason": output.finish_reason,
+                      "logprobs": None if body.logprobs is None else logprobs_body(logprobs)}
             yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
         else:
             if body.stream_options and body.stream_options.include_usage:
@@ -379,15 +465,16 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
 
 
 class ApiKey:
-    """ASGI middleware: with a key, every /v1 request needs `Authorization: Bearer KEY`
-    (checked before the body is read). /health and /metrics stay open for probes."""
+    """ASGI middleware: with a key, every /v1 request and the tokenizer endpoints need
+    `Authorization: Bearer KEY` (checked before the body is read). /health and /metrics
+    stay open for probes."""
 
     def __init__(self, app, key: str | None) -> None:
         self.app, self.expected = app, None if key is None else key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if self.expected is not None and scope["type"] == "http" \
-                and scope["path"].startswith("/v1"):
+                and (scope["path"].startswith("/v1") or scope["path"] in TOKENIZER_PATHS):
             scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
             # The scheme is case-insensitive (RFC 7235); the key is compared in constant time.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(),
@@ -419,7 +506,8 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_watch)
         finally:
             path = scope["path"]
-            known = path in ("/v1/completions", "/v1/models", "/health", "/metrics")
+            known = path in ("/v1/completions", "/v1/models", "/health", "/metrics",
+                             *TOKENIZER_PATHS)
             self.metrics.requests.labels(path if known else "other", str(status["code"])).inc()
             if path == "/v1/completions" and status["code"] == 200:
                 self.metrics.latency.observe(time.monotonic() - started)

@@ -5,8 +5,10 @@ one meta-context per step) whose preallocated caches have one row per slot. Each
 loop, at a decode-step boundary:
 1. sequences whose request was cancelled (the client went away) leave, freeing their slots;
 2. waiting requests join, first come first served, as long as free slots and the prefill
-   token budget allow: their prompts are prefilled together straight into free slots, and a
-   request for n samples prefills once and copies its cache rows into n slots;
+   token budget allow: prompts to be scored (echo) get their log-probabilities from one
+   teacher-forced pass, those to be completed are prefilled together straight into free
+   slots, and a request for n samples prefills once and copies its cache rows into n slots;
+   a request that only scores its prompt (max_tokens 0) is answered there and then;
 3. one step decodes every running sequence, each sampled with its own settings;
 4. every sequence takes its new tokens, stops at EOS, max_tokens or a stop string, and a
    finished sequence frees its slot at once.
@@ -18,6 +20,14 @@ The engine owns the lifecycle (the loop, draining, failures) and the turn; the p
 drives are testable alone: `scheduler.Scheduler` (admission), `runner.ModelRunner` (the
 decoder, its slots and the sampler of each row) and `output.RunningSequence` (text, stop
 strings, log-probabilities of each sequence).
+
+Prompt scoring (echo) is the teacher-forced forward pass in every mode. Under RecGen the
+server cannot know where a client's context ends and its continuation starts, and RecGen's
+likelihood depends on that split: the prompt is the context, read by the encoder, and only
+tokens after it are predicted from the decoder's reconstructions. So an echoed prompt is
+scored as what it is, the context of whatever is generated next: the forward pass, which is
+HierGen's likelihood of the prompt (and RecGen's with the whole prompt as context, for
+models without latent teacher forcing). The generated part of an echo request is RecGen's.
 
 `photon serve` gives the loop its main thread (`run`), the one that loaded the model, and
 serves HTTP from another. On the CPU, torch's OpenMP runtime (libgomp) throttles the
@@ -42,7 +52,15 @@ from photon.inference.prompts import check_fits, check_prompt
 from photon.inference.workload import batch_for_budget
 from photon.model.lm import Model
 from photon.serve.metrics import Metrics
-from photon.serve.output import Output, Request, RunningSequence, TokenLogprob, token_text
+from photon.serve.output import (
+    Echo,
+    Output,
+    Request,
+    RunningSequence,
+    TokenLogprob,
+    prompt_echo,
+    token_text,
+)
 from photon.serve.runner import ModelRunner
 from photon.serve.scheduler import QueueFullError, Scheduler, group_of
 
@@ -86,12 +104,13 @@ class Engine:
         self.eos_id = tokenizer.eos_id
         # One client call holds at most this many slots at once (fair admission).
         self.share_cap = max(1, int(max_share * slots))
-        self.scheduler = Scheduler(max_queue, prefill_tokens, self.share_cap)
+        self.scheduler = Scheduler(max_queue, prefill_tokens, self.share_cap, max_share)
         self.runner = ModelRunner(model, mode, slots, max_len, seed)
         self.metrics = metrics or Metrics()
         self.metrics.slots.set(slots)
         self.rows: list[RunningSequence] = []  # one per slot in use, in the decoder's row order
         self.peak_running = 0
+        self._answered: set[int] = set()  # requests answered in the current turn (by id)
         self._cv = threading.Condition()
         self._drain_deadline: float | None = None
         self._stop = False
@@ -132,7 +151,14 @@ class Engine:
 
     def _check(self, r: Request) -> None:
         check_prompt(r.prompt, self.model.config.vocab_size)
-        check_fits(len(r.prompt), r.max_tokens, self.max_len)
+        if r.scored and r.prompt_logprobs < 0:
+            raise InputError(f"prompt_logprobs must be >= 0, got {r.prompt_logprobs}")
+        if r.scored and r.max_tokens == 0:  # scoring only
+            if len(r.prompt) > self.max_len:
+                raise InputError(f"{len(r.prompt)} prompt tokens do not fit a sequence of "
+                                 f"{self.max_len} tokens")
+        else:
+            check_fits(len(r.prompt), r.max_tokens, self.max_len)
         if not 1 <= r.n <= self.share_cap:
             raise InputError(f"n must be in [1, {self.share_cap}] (the slots one request may "
                              f"hold), got {r.n}")
@@ -195,12 +221,14 @@ class Engine:
                 if self._stop:
                     return
                 joining = self._next_joining()
+            self._answered.clear()
             try:
                 self._turn(joining, started)
             except Exception as e:  # a bug: answer everyone, start from empty slots
                 log.exception("engine step failed")
                 running = {id(s.request) for s in self.rows}
-                unjoined = [r for r in joining if id(r) not in running]
+                unjoined = [r for r in joining
+                            if id(r) not in running and id(r) not in self._answered]
                 self._fail([*self.rows, *unjoined], f"internal error: {e}", reset=True)
 
     def _next_joining(self) -> list[Request]:
@@ -232,12 +260,53 @@ class Engine:
             self.metrics.full_batch_seconds.inc(time.monotonic() - started)
 
     def _join(self, requests: list[Request]) -> None:
-        new_rows = self.runner.admit([r.prompt for r in requests], [r.n for r in requests],
-                                     [r.sampling for r in requests])
-        for i, copy in new_rows:
-            self.rows.append(RunningSequence(requests[i], copy, self.tokenizer))
-        self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in requests))
-        self.peak_running = max(self.peak_running, len(self.rows))
+        """Score the prompts to be scored, answer those that only score, prefill the rest
+        into free slots."""
+        scored = [r for r in requests if r.scored]
+        echoes = self._score(scored) if scored else {}
+        decoding = [r for r in requests if r.max_tokens > 0 and id(r) not in self._answered]
+        if decoding:
+            new_rows = self.runner.admit([r.prompt for r in decoding],
+                                         [r.n for r in decoding],
+                                         [r.sampling for r in decoding])
+            for i, copy in new_rows:
+                r = decoding[i]
+                self.rows.append(RunningSequence(r, copy, self.tokenizer, echoes.get(id(r))))
+            self.metrics.prompt_tokens.inc(sum(len(r.prompt) for r in decoding))
+            self.peak_running = max(self.peak_running, len(self.rows))
+        for r in scored:
+            if r.max_tokens == 0 and id(r) not in self._answered:
+                for i in range(r.n):
+                    self._emit(r, Output(i, "", [], [], "length", echo=echoes[id(r)]))
+                self._answered.add(id(r))
+
+    def _score(self, requests: list[Request]) -> dict[int, Echo]:
+        """The prompts' log-probabilities from one teacher-forced pass, as each request's
+        `Echo` (by id). A request whose scoring fails is answered with the error alone."""
+        try:
+            scores = self.runner.score([r.prompt for r in requests],
+                                       max(r.prompt_logprobs for r in requests))
+        except Exception as e:  # noqa: BLE001 - the requests fail, the engine goes on
+            log.exception("scoring prompts failed")
+            for r in requests:
+                self._fail_waiting(r, f"scoring the prompt failed: {e}")
+            return {}
+        self.metrics.scored_tokens.inc(sum(len(r.prompt) for r in requests))
+        echoes = {}
+        for r, (chosen, top_ids, top_values) in zip(requests, scores, strict=True):
+            try:
+                echoes[id(r)] = prompt_echo(self.tokenizer, r.prompt, chosen, top_ids,
+                                            top_values, r.prompt_logprobs)
+            except Exception as e:  # noqa: BLE001 - a bug in one request's output
+                log.exception("output processing failed")
+                self._fail_waiting(r, f"internal error: {e}")
+        return echoes
+
+    def _fail_waiting(self, request: Request, message: str) -> None:
+        """Answer every sequence of a request that holds no slot yet with an error."""
+        for i in range(request.n):
+            self._emit(request, Output(i, "", [], error=message))
+        self._answered.add(id(request))
 
     def _step(self) -> int:
         """Decode one step of every running sequence; returns the tokens it kept."""
@@ -327,5 +396,5 @@ class Engine:
         m.occupancy.set(len(self.rows) / self.slots)
 
 
-__all__ = ["Engine", "Output", "QueueFullError", "Request", "SHUTTING_DOWN", "ShuttingDownError",
-           "TokenLogprob", "slots_for_budget", "token_text"]
+__all__ = ["Echo", "Engine", "Output", "QueueFullError", "Request", "SHUTTING_DOWN",
+           "ShuttingDownError", "TokenLogprob", "slots_for_budget", "token_text"]

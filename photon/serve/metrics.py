@@ -22,6 +22,9 @@ class Metrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("photon_prompt_tokens", "prompt tokens prefilled",
                                      registry=r)
+        self.scored_tokens = Counter("photon_scored_prompt_tokens",
+                                     "prompt tokens scored by a teacher-forced pass (echo)",
+                                     registry=r)
         self.generated_tokens = Counter("photon_generation_tokens", "tokens generated",
                                         registry=r)
         self.queue_depth = Gauge("photon_queue_depth", "requests waiting for a slot",

@@ -1,6 +1,7 @@
 """The model step of the engine: a decoder whose cache rows are the slots, and the sampler
 of every row. It knows nothing of requests' text or lifecycles: rows come in with their
-prompts and sampling settings, a step yields every row's tokens, rows leave."""
+prompts and sampling settings, a step yields every row's tokens, rows leave. `score` is the
+teacher-forced pass that gives prompts' log-probabilities (echo)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,22 @@ class ModelRunner:
             seen[i] += 1
         self.sampler.set_rows(self.row_sampling)
         return new_rows
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[int]], top: int) -> list[Logprobs]:
+        """Teacher-forced log-probabilities of every prompt's tokens after its first: one
+        forward pass over the prompts, right-padded (a causal model's logits at real
+        positions never see the padding). In every mode this is the forward pass: for a
+        RecGen server, the likelihood of the prompt with the whole prompt as context (see
+        `photon.serve.engine`). Per prompt: (chosen [T-1], top ids [T-1][top] or None, top
+        values or None), as lists."""
+        ids, lengths = pad_prompts(prompts, self.device)
+        logits = self.model(ids).logits
+        out = []
+        for row, n in enumerate(lengths.tolist()):
+            picked = chosen_logprobs(logits[row, :n - 1], ids[row, 1:n], top)
+            out.append(tuple(None if t is None else t.tolist() for t in picked))
+        return out
 
     @torch.no_grad()
     def step(self, logprobs: dict[int, int]) -> tuple[list[list[int]], list[list[bool]],

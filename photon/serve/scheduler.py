@@ -2,11 +2,18 @@
 
 Requests wait in arrival order. At each step boundary waiting requests join in that order as
 long as the free slots and the prefill token budget allow (one prefill pass serves every
-request that joins, so its cost is bounded). Fairness: the requests of one client call (one
-HTTP request may hold many prompts, each an engine request of the same `group`) may hold at
-most `share_cap` slots at once; the rest of that call waits while later calls go ahead, so
-a small request behind a huge one starts as soon as a slot is free. The queue holds at most
-`max_queue` sequences beyond those the free slots will take.
+request that joins, so its cost is bounded). A request that scores its prompt (echo) costs
+that prompt's tokens once more, for its teacher-forced pass, and one that only scores
+(max_tokens 0) holds no slot.
+
+Fairness: the requests of one client call (one HTTP request may hold many prompts, each an
+engine request of the same `group`) may hold at most `share_cap` slots at once, and take at
+most `share_cap / slots` of a step's prefill budget while another call waits behind them;
+the rest of that call waits while later calls go ahead, so a small request behind a huge one
+(a burst of scoring prompts included) starts at the next step. A request waiting for free
+slots keeps its place before every later request that needs slots, but requests that need
+none (scoring only) go past it: they do not take the slots it waits for. The queue holds at
+most `max_queue` sequences beyond those the free slots will take.
 """
 
 from __future__ import annotations
@@ -27,12 +34,44 @@ def group_of(request: Request) -> Hashable:
     return id(request) if request.group is None else request.group
 
 
+class PrefillCost:
+    """Tokens one step's prefill and scoring passes hold, as requests are added: each
+    pass's rows are padded to its longest prompt."""
+
+    def __init__(self) -> None:
+        self.longest, self.rows = [0, 0], [0, 0]  # of the prefill pass, of the scoring pass
+
+    @staticmethod
+    def _passes(r: Request) -> tuple[bool, bool]:
+        return bool(r.slots), r.scored
+
+    def with_(self, r: Request) -> int:
+        """The cost once `r` joins too."""
+        return sum(max(longest, len(r.prompt)) * (rows + 1) if used else longest * rows
+                   for longest, rows, used in zip(self.longest, self.rows, self._passes(r),
+                                                  strict=True))
+
+    def add(self, r: Request) -> None:
+        for i, used in enumerate(self._passes(r)):
+            if used:
+                self.longest[i] = max(self.longest[i], len(r.prompt))
+                self.rows[i] += 1
+
+
+def own_cost(request: Request) -> int:
+    """Prompt tokens a request itself brings to a step: once per pass it joins."""
+    return len(request.prompt) * (bool(request.slots) + request.scored)
+
+
 class Scheduler:
     """The waiting requests and the rule that admits them."""
 
-    def __init__(self, max_queue: int, prefill_tokens: int, share_cap: int) -> None:
+    def __init__(self, max_queue: int, prefill_tokens: int, share_cap: int,
+                 share: float = 1.0) -> None:
         self.max_queue, self.prefill_tokens = max_queue, prefill_tokens
         self.share_cap = share_cap
+        # Prefill tokens one call may take in a step while other calls wait.
+        self.share_tokens = max(1, int(share * prefill_tokens))
         self.waiting: deque[Request] = deque()
 
     def __len__(self) -> int:
@@ -52,27 +91,52 @@ class Scheduler:
               on_cancelled: Callable[[Request], None]) -> list[Request]:
         """The waiting requests that join now, in arrival order: as many as fit
         `free_slots` and the prefill token budget, skipping (for now) those whose client
-        call already holds its share of the slots (`running`: slots held per group).
-        Cancelled ones are dropped."""
+        call already holds its share of the slots (`running`: slots held per group) or has
+        taken its share of this step's prefill budget while other calls wait. Once a request
+        waits for slots, only requests that need none may pass it. Cancelled ones are
+        dropped."""
         joining: list[Request] = []
         held = Counter(running)
+        spent: Counter = Counter()  # prefill tokens each call takes in this step
+        behind = Counter(group_of(r) for r in self.waiting)  # waiting after the current one
+        n_behind = len(self.waiting)
         kept: deque[Request] = deque()
+        kept_of: Counter = Counter()  # kept requests per call
+
+        def keep(r: Request, group: Hashable) -> None:
+            kept.append(r)
+            kept_of[group] += 1
+
+        cost = PrefillCost()
+        slots_blocked = False
         while self.waiting:
             r = self.waiting.popleft()
+            group = group_of(r)
+            behind[group] -= 1
+            n_behind -= 1
             if r.cancelled:
                 on_cancelled(r)
                 continue
-            if held[group_of(r)] + r.n > self.share_cap:
-                kept.append(r)
+            if r.slots and (slots_blocked or held[group] + r.slots > self.share_cap):
+                keep(r, group)
                 continue
-            longest = max([len(r.prompt), *(len(j.prompt) for j in joining)])
-            if r.n > free_slots or joining and longest * (len(joining) + 1) > \
-                    self.prefill_tokens:
-                kept.append(r)
+            others_wait = n_behind > behind[group] or len(kept) > kept_of[group]
+            if spent[group] and others_wait and \
+                    spent[group] + own_cost(r) > self.share_tokens:
+                keep(r, group)
+                continue
+            if joining and cost.with_(r) > self.prefill_tokens:
+                keep(r, group)
                 break
+            if r.slots > free_slots:
+                keep(r, group)
+                slots_blocked = True  # later requests that need slots wait behind it
+                continue
             joining.append(r)
-            held[group_of(r)] += r.n
-            free_slots -= r.n
+            cost.add(r)
+            held[group] += r.slots
+            spent[group] += own_cost(r)
+            free_slots -= r.slots
         kept.extend(self.waiting)
         self.waiting = kept
         return joining

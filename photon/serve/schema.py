@@ -1,5 +1,6 @@
-"""The request body of POST /v1/completions (OpenAI's schema, plus a few extensions) and the
-checks that turn a bad one into an OpenAI-style 400 error."""
+"""The request bodies of POST /v1/completions (OpenAI's schema, plus a few extensions) and of
+POST /tokenize and /detokenize (vLLM's), and the checks that turn a bad one into an
+OpenAI-style 400 error."""
 
 from __future__ import annotations
 
@@ -68,14 +69,17 @@ class CompletionRequest(BaseModel):
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
     vote: Literal["majority"] | None = None  # return the most frequent of the n completions
 
-    def check(self, max_len: int, slots: int, max_stop_chars: int = 256) -> None:
+    def check(self, max_len: int, slots: int, max_stop_chars: int = 256,
+              end_of_text: str | None = None) -> None:
         """The semantic checks (types are checked on parsing); raises `APIError` (400).
-        `slots` is how many one request may hold."""
+        `slots` is how many one request may hold; `end_of_text` is the tokenizer's
+        end-of-text string, which `stop` may hold besides its MAX_STOP strings."""
         def bad(param: str, message: str) -> APIError:
             return APIError(400, message, param=param)
 
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.max_tokens is not None and self.max_tokens < (0 if self.echo else 1):
+            raise bad("max_tokens", f"max_tokens must be at least 1 (0 with echo: the prompt's "
+                                    f"log-probabilities only), got {self.max_tokens}")
         if self.max_tokens is not None and self.max_tokens >= max_len:
             raise bad("max_tokens", f"max_tokens must be below the context length {max_len}, "
                                     f"got {self.max_tokens}")
@@ -102,14 +106,17 @@ class CompletionRequest(BaseModel):
                                 "cannot be streamed")
         if self.vote and self.best_of is not None:
             raise bad("vote", "use either vote or best_of, not both")
-        stops = self.stop_strings
+        if self.echo and self.logprobs is None:
+            raise bad("echo", "echo returns the prompt's tokens with their log-probabilities: "
+                              "give logprobs (0 to 5) with it")
+        stops = self.stops(end_of_text)
         if len(stops) > MAX_STOP or any(not s for s in stops):
             raise bad("stop", f"stop takes up to {MAX_STOP} non-empty strings")
         if any(len(s) > max_stop_chars for s in stops):
             raise bad("stop", f"a stop string may have at most {max_stop_chars} characters")
         if not all(map(is_unicode, stops)):
             raise bad("stop", "stop: not valid Unicode (a lone surrogate)")
-        for param, ok in (("echo", not self.echo), ("suffix", self.suffix is None),
+        for param, ok in (("suffix", self.suffix is None),
                           ("presence_penalty", not self.presence_penalty),
                           ("frequency_penalty", not self.frequency_penalty),
                           ("logit_bias", not self.logit_bias)):
@@ -126,3 +133,43 @@ class CompletionRequest(BaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def stops(self, end_of_text: str | None) -> tuple[str, ...]:
+        """The stop strings, less the end-of-text string (lm-eval and other clients add it
+        to every stop list): it stands for the end-of-text token, at which every sequence
+        stops (`stops_at_eos`)."""
+        return tuple(s for s in self.stop_strings if s != end_of_text)
+
+    def stops_at_eos(self, end_of_text: str | None) -> bool:
+        """Whether a sequence ends at the end-of-text token: unless `ignore_eos`, or when
+        `stop` names the end-of-text string (which then wins over ignore_eos)."""
+        return not self.ignore_eos or end_of_text is not None and \
+            end_of_text in self.stop_strings
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize, as vLLM takes it (completion form; the chat form is not supported)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str | None = None
+    add_special_tokens: bool = True  # photon's tokenizers add none: accepted, no effect
+    return_token_strs: bool | None = False
+    messages: list | None = None  # vLLM's chat form: refused by `check`
+
+    def check(self) -> None:
+        if self.messages is not None:
+            raise APIError(400, "messages: the chat form of /tokenize is not supported (this "
+                                "server has no chat template); send prompt", param="messages")
+        if self.prompt is None:
+            raise APIError(400, "prompt: field required", param="prompt")
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize, as vLLM takes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    tokens: list[int]

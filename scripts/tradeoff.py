@@ -1,8 +1,8 @@
 """Quality next to speed, reproducibly.
 
 Trains vanilla-small, block-small, photon-small (chunks 4x4 and 2x2, variants B and A, and
-the latent-teacher-forcing option) and photon-small-bounded on shakespeare with the same training FLOPs,
-evaluates each on the held-out split (bits per byte; PHOTON under HierGen and RecGen),
+the latent-teacher-forcing option) and photon-small-bounded on shakespeare with the same
+training FLOPs, evaluates each on the held-out split (bits per byte; PHOTON under HierGen and RecGen),
 probes how much each hierarchy reads its top stream (photon probe), benchmarks each with
 the paper's protocol, and plots TPM against bpb with the Pareto frontier.
 

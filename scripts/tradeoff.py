@@ -2,9 +2,9 @@
 
 Trains vanilla-small, block-small, photon-small (chunks 4x4 and 2x2, variants B and A, and
 the latent-teacher-forcing option) and photon-small-bounded on shakespeare with the same
-training FLOPs, evaluates each on the held-out split (bits per byte; PHOTON under HierGen and RecGen),
-probes how much each hierarchy reads its top stream (photon probe), benchmarks each with
-the paper's protocol, and plots TPM against bpb with the Pareto frontier.
+training FLOPs, evaluates each on the held-out split (bits per byte; PHOTON under HierGen
+and RecGen), probes how much each hierarchy reads its top stream (photon probe), benchmarks
+each with the paper's protocol, and plots TPM against bpb with the Pareto frontier.
 
     python scripts/tradeoff.py --flops 3e13 --train-jobs 2   # ~1.5 hours on 2 CPU cores
     python scripts/tradeoff.py --flops 1e14 --models block-small photon-small --no-bench

@@ -12,6 +12,7 @@ The default `python -m pytest -q` runs both, as CI does. tests/test_layout.py ch
 test carries the marker exactly when it starts such a process.
 """
 
+import pytest
 import torch
 
 import photon
@@ -43,3 +44,24 @@ def make(kind: str, seed: int = 0, **extra):
     torch.manual_seed(seed)
     name, overrides = MODELS[kind]
     return photon.build_model(name, **overrides, **extra).eval()
+
+
+@pytest.fixture
+def engine_of():
+    """build(model, tokenizer=None, **engine_kwargs): a started engine (3 slots of 128
+    tokens unless given), shut down after the test."""
+    from photon.data.tokenizer import Tokenizer
+    from photon.serve.engine import Engine  # the serve extra: only where the fixture is used
+
+    engines = []
+
+    def build(model, tokenizer=None, **kw):
+        engine = Engine(model, tokenizer or Tokenizer.bytes(),
+                        **{"slots": 3, "max_len": 128, **kw})
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield build
+    for engine in engines:
+        engine.shutdown()

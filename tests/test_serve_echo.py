@@ -22,10 +22,11 @@ import torch
 from photon.data.tokenizer import EOS, Tokenizer
 from photon.inference.scoring import sequential_logits
 from photon.serve.api import Limits, create_app
-from photon.serve.engine import Engine, Output, Request
+from photon.serve.engine import Engine, Request
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import Scheduler
 from tests.conftest import make
+from tests.serving import serve
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -43,41 +44,6 @@ def forward_logprobs(model, prompt: list[int]) -> torch.Tensor:
     with torch.no_grad():
         logp = model(ids).logits[0, :-1].float().log_softmax(-1)
     return logp.gather(-1, ids[0, 1:, None])[:, 0]
-
-
-def serve(engine: Engine, requests: list[Request], timeout: float = 120) -> list[list[Output]]:
-    """Submit requests at once and wait for every sequence's last output."""
-    outputs = {id(r): [] for r in requests}
-    left = [sum(r.n for r in requests)]
-    done, lock = threading.Event(), threading.Lock()
-    for r in requests:
-        def on_output(output, r=r):
-            outputs[id(r)].append(output)
-            if output.finish_reason or output.error:
-                with lock:
-                    left[0] -= 1
-                    if not left[0]:
-                        done.set()
-        r.on_output = on_output
-    engine.submit(requests)
-    assert done.wait(timeout), "the engine did not answer in time"
-    return [outputs[id(r)] for r in requests]
-
-
-@pytest.fixture
-def engine_of():
-    engines = []
-
-    def build(model, tokenizer=None, **kw):
-        engine = Engine(model, tokenizer or Tokenizer.bytes(),
-                        **{"slots": 3, "max_len": 128, **kw})
-        engine.start()
-        engines.append(engine)
-        return engine
-
-    yield build
-    for engine in engines:
-        engine.shutdown()
 
 
 # --- admission ---------------------------------------------------------------------------------

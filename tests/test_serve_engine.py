@@ -12,7 +12,6 @@ from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
 from photon.serve.engine import (
     Engine,
-    Output,
     QueueFullError,
     Request,
     ShuttingDownError,
@@ -21,52 +20,11 @@ from photon.serve.engine import (
 from photon.serve.sampling import BatchSampler, SamplingParams
 from photon.serve.text import TextStream
 from tests.conftest import make
+from tests.serving import sequences, serve
 
 KINDS = [("vanilla", "hiergen"), ("block", "hiergen"), ("photon-B", "hiergen"),
          ("photon-B", "recgen"), ("photon-A", "recgen"), ("photon-L3-A", "hiergen"),
          ("photon-TF", "hiergen"), ("photon-TF", "recgen")]
-
-
-def serve(engine: Engine, requests: list[Request], timeout: float = 120) -> list[list[Output]]:
-    """Submit requests at once and wait for every sequence's last output."""
-    outputs = {id(r): [] for r in requests}
-    left = [sum(r.n for r in requests)]
-    done, lock = threading.Event(), threading.Lock()
-    for r in requests:
-        def on_output(output, r=r):
-            outputs[id(r)].append(output)
-            if output.finish_reason or output.error:
-                with lock:
-                    left[0] -= 1
-                    if not left[0]:
-                        done.set()
-        r.on_output = on_output
-    engine.submit(requests)
-    assert done.wait(timeout), "the engine did not answer in time"
-    return [outputs[id(r)] for r in requests]
-
-
-def sequences(outputs: list[Output]) -> dict[int, list[int]]:
-    """Token ids per sequence index, joined over a stream's outputs."""
-    ids: dict[int, list[int]] = {}
-    for o in outputs:
-        ids.setdefault(o.index, []).extend(o.token_ids)
-    return ids
-
-
-@pytest.fixture
-def engine_of():
-    engines = []
-
-    def build(model, **kw):
-        engine = Engine(model, Tokenizer.bytes(), **{"slots": 3, "max_len": 128, **kw})
-        engine.start()
-        engines.append(engine)
-        return engine
-
-    yield build
-    for engine in engines:
-        engine.shutdown()
 
 
 @pytest.mark.parametrize("kind, mode", KINDS)

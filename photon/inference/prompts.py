@@ -26,7 +26,7 @@ def check_fits(prompt_len: int, max_new_tokens: int, max_len: int) -> None:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if prompt_len + max_new_tokens > max_len:
         raise InputError(f"{prompt_len} prompt tokens + {max_new_tokens} new tokens do not "
-                             f"fit a sequence of {max_len} tokens")
+                         f"fit a sequence of {max_len} tokens")
 
 
 def as_prompts(prompts: Sequence[Sequence[int]] | Tensor, vocab_size: int) -> list[list[int]]:

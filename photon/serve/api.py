@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
+from photon.inference.prompts import check_prompt
 from photon.serve.engine import SHUTTING_DOWN, Engine, ShuttingDownError
 from photon.serve.output import Echo, Output, TokenLogprob, eos_text, token_text
 from photon.serve.output import Request as EngineRequest
@@ -271,10 +272,10 @@ def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]
             raise APIError(400, "an empty prompt needs an end-of-text token to start from, "
                                 "and this tokenizer has none", param="prompt")
         ids = ids or [tokenizer.eos_id]
-        bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary "
-                                f"[0, {tokenizer.vocab_size})", param="prompt")
+        try:
+            check_prompt(ids, tokenizer.vocab_size)
+        except InputError as e:
+            raise APIError(400, str(e), param="prompt") from None
         if len(ids) + max_tokens > max_len:
             raise APIError(400, f"this model's maximum context length is {max_len} tokens; "
                                 f"the request needs {len(ids) + max_tokens} ({len(ids)} in the "

@@ -227,3 +227,23 @@ def test_model_generate_method_and_tensor_prompts():
     prompts = torch.randint(0, 256, (3, 21), generator=torch.Generator().manual_seed(6))
     assert model.generate(prompts, 12) == generate(model, prompts.tolist(), 12)
     assert isinstance(photon.build_model("vanilla-tiny").generate([[1]], 2)[0], list)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "photon-B", "photon-W1-TF"])
+def test_a_step_keeps_only_the_logits_asked_for(kind):
+    """keep_logits: every row's logits (True), those of the rows listed, or none (False):
+    the same tokens, and the rows kept equal the full logits' rows."""
+    model = make(kind)
+    ids, lengths = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(2)), \
+        torch.tensor([20, 17, 9])
+    greedy = lambda logits: logits.argmax(-1)
+    results = {}
+    for keep in (True, torch.tensor([2, 0]), False):
+        decoder = (FlatDecoder(model, 3, 64) if kind == "vanilla"
+                   else PhotonDecoder(model, 3, 64, "hiergen"))
+        decoder.prefill(ids, lengths)
+        results[str(keep)] = [decoder.step(greedy, None, keep) for _ in range(3)]
+    for (t_all, _, l_all), (t_some, _, l_some), (t_none, _, l_none) in zip(*results.values(),
+                                                                          strict=True):
+        assert torch.equal(t_all, t_some) and torch.equal(t_all, t_none) and l_none is None
+        torch.testing.assert_close(l_some, l_all[[2, 0]])

@@ -59,13 +59,16 @@ class FlatDecoder(Slots):
         self.pending: Tensor | None = None
 
     def step(self, sampler: Sampler | None, forced: Tensor | None = None,
-             ) -> tuple[Tensor, Tensor, Tensor]:
-        """Next token of every sequence: (tokens [B, 1], new [B, 1], logits [B, 1, V])."""
+             keep_logits: bool | Tensor = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Next token of every sequence: (tokens [B, 1], new [B, 1], logits [B', 1, V]);
+        `keep_logits` as `PhotonDecoder.step`."""
         if self.pending is not None:
             self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
         logits = self.next_logits
         tokens = sampler(logits) if forced is None else forced
         self.pending = tokens
+        if keep_logits is not True:
+            logits = None if keep_logits is False else logits[keep_logits]
         return tokens, torch.ones_like(tokens, dtype=torch.bool), logits
 
     def flush(self) -> None:
@@ -184,18 +187,21 @@ class PhotonDecoder(Slots):
         return known, ids
 
     def _token_chunks(self, cond: Tensor, known: Tensor, forced: Tensor,
-                      sampler: Sampler | None) -> tuple[Tensor, Tensor]:
+                      sampler: Sampler | None, keep: bool | Tensor
+                      ) -> tuple[Tensor, Tensor | None]:
         """Decode S token chunks per sequence, all at once, from their conditioning latents
-        cond [B, S, D]: (tokens [B, S, C], logits [B, S, C, V]); known/forced [B, S, C]."""
+        cond [B, S, D]: (tokens [B, S, C], the logits `keep` asks for [B', S, C, V] or
+        None); known/forced [B, S, C]."""
         def choose(j: int, logits: Tensor) -> Tensor:
             if sampler is None:
                 return forced[:, :, j]
             return torch.where(known[:, :, j], forced[:, :, j], sampler(logits))
 
-        return self.model.decode_token_chunks(cond, choose)
+        return self.model.decode_token_chunks(cond, choose, keep)
 
     def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,
-               sampler: Sampler | None, out: list[tuple[Tensor, Tensor]]) -> Tensor:
+               sampler: Sampler | None, keep: bool | Tensor,
+               out: list[tuple[Tensor, Tensor | None]]) -> Tensor:
         """Decode one level-`level` chunk of every sequence from its latent cond [B, 1, D]
         (level 1: C_1 tokens, appended to `out` with their logits), encode it, and return
         its encoder state X^(level) [B, 1, D]; known/forced [B, tokens of the chunk]."""
@@ -203,8 +209,8 @@ class PhotonDecoder(Slots):
         if level == 1:
             C = m.config.chunk_sizes[0]
             tokens, logits = self._token_chunks(cond, known.view(-1, 1, C),
-                                                forced.view(-1, 1, C), sampler)
-            out.append((tokens[:, 0], logits[:, 0]))
+                                                forced.view(-1, 1, C), sampler, keep)
+            out.append((tokens[:, 0], None if logits is None else logits[:, 0]))
             x = m.enc_embed(tokens[:, 0])
         else:
             span = known.shape[1] // m.config.chunk_sizes[level - 1]
@@ -214,7 +220,7 @@ class PhotonDecoder(Slots):
                 """Decode and encode the chunk below latent j: the next input."""
                 part = slice(j * span, (j + 1) * span)
                 states.append(self._chunk(level - 1, latent, known[:, part], forced[:, part],
-                                          sampler, out))
+                                          sampler, keep, out))
                 return states[-1]
 
             m.decode_chunk(level, cond, feed)
@@ -222,28 +228,32 @@ class PhotonDecoder(Slots):
         return m.encode_level(level, x, self.caches[level - 1])
 
     def step(self, sampler: Sampler | None, forced: Tensor | None = None,
-             ) -> tuple[Tensor, Tensor, Tensor]:
-        """Decode one meta-context: (tokens [B, P], new [B, P], logits [B, P, V]).
+             keep_logits: bool | Tensor = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Decode one meta-context: (tokens [B, P], new [B, P], logits [B', P, V]).
 
         The prompt's tokens are forced where the meta-context overlaps it; `forced` [B, P]
-        forces every token instead (teacher forcing, for scoring).
+        forces every token instead (teacher forcing, for scoring). `keep_logits`: the logits
+        of every sequence (True), of the rows a tensor lists, or none (False: None is
+        returned, and no position's logits outlive the choice of its tokens).
         """
         if self.pending is not None:
             self._advance(self.pending)
         known, forced = self._known(forced)
         B, P = known.shape
         if self.chunkwise:
-            out: list[tuple[Tensor, Tensor]] = []
+            out: list[tuple[Tensor, Tensor | None]] = []
             self.next_top = self._chunk(self.model.config.n_levels, self.top_cond, known,
-                                        forced, sampler, out)
+                                        forced, sampler, keep_logits, out)
             tokens = torch.cat([t for t, _ in out], dim=1)
-            logits = torch.cat([lg for _, lg in out], dim=1)
+            logits = None if keep_logits is False else torch.cat([lg for _, lg in out], dim=1)
         else:
             S = self.cond.shape[1]
             tokens, logits = self._token_chunks(self.cond, known.view(B, S, -1),
-                                                forced.view(B, S, -1), sampler)
+                                                forced.view(B, S, -1), sampler, keep_logits)
         self.pending = tokens.reshape(B, P)
-        return self.pending, ~known, logits.reshape(B, P, -1)
+        if logits is not None:
+            logits = logits.reshape(len(logits), P, -1)
+        return self.pending, ~known, logits
 
     def flush(self) -> None:
         """Advance the top stream past the last decoded meta-context now instead of at the

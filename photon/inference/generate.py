@@ -55,7 +55,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
     chosen: list[list[Tensor]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     while not all(done):
-        tokens, new, logits = decoder.step(sampler)
+        tokens, new, logits = decoder.step(sampler, keep_logits=return_logits)
         tokens, new = tokens.tolist(), new.tolist()
         for b in range(len(prompts)):
             for j, (token, is_new) in enumerate(zip(tokens[b], new[b], strict=True)):

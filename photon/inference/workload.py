@@ -62,7 +62,7 @@ def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: 
         _sync(device)
         t1 = time.perf_counter()
         for _ in range(steps):
-            decoder.step(greedy)
+            decoder.step(greedy, keep_logits=False)
         _sync(device)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t0, decoder

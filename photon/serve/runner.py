@@ -80,11 +80,12 @@ class ModelRunner:
         (the argument maps those rows to how many alternatives they want) and `failed` maps
         the rows whose sampling failed to why: their tokens are not to be used."""
         self.sampler.failed = {}
-        tokens, new, logits = self.decoder.step(self.sampler)
+        want = list(logprobs)
+        keep = torch.tensor(want, device=self.device) if want else False
+        tokens, new, logits = self.decoder.step(self.sampler, None, keep)  # keep_logits
         rows = {}
-        if logprobs:
-            want = list(logprobs)
-            picked = chosen_logprobs(logits[want], tokens[want], max(logprobs.values()))
+        if want:  # only these rows' logits were kept
+            picked = chosen_logprobs(logits, tokens[want], max(logprobs.values()))
             per_row = [None if t is None else t.tolist() for t in picked]
             rows = {r: tuple(None if t is None else t[i] for t in per_row)
                     for i, r in enumerate(want)}

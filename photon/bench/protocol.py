@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from photon.bench.roofline import roofline
 from photon.device import GIB
 from photon.inference.modes import FLAT, mode_label
 from photon.inference.workload import (
@@ -48,6 +49,14 @@ class Row:
     prefill_s: float
     vs_vanilla: float | None = None
     vs_block: float | None = None
+    # How close the decode is to the machine (photon.bench.roofline), same run:
+    mem_to_cache: float | None = None  # per-sample memory / cache bytes per sequence
+    decode_flops_per_token: float | None = None  # analytic, at the mean context
+    decode_gflops: float | None = None  # achieved: tokens/s x FLOPs per token
+    matmul_gflops: float | None = None  # torch's matmul at the step's widest matmul
+    matmul_fraction: float | None = None
+    read_gbs: float | None = None  # flat model: weights and KV read per second
+    copy_gbs: float | None = None  # flat model: this machine's copy bandwidth
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
@@ -60,14 +69,16 @@ def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, 
     tokens_per_s = batch * gen_len / total_s
     mem_gib = slope / GIB
     dtype = next(model.parameters()).dtype
+    cache = decoder.cache_bytes // batch
     return Row(model=name, kind=model.config.kind, mode=mode_label(model.config, mode),
                workload=workload,
                prompt_len=prompt_len, gen_len=gen_len, batch=batch,
-               mem_per_sample_gib=mem_gib, cache_bytes_per_sample=decoder.cache_bytes // batch,
+               mem_per_sample_gib=mem_gib, cache_bytes_per_sample=cache,
                analytic_cache_bytes_per_sample=analytic_cache_bytes(
                    model, mode, prompt_len + gen_len, dtype),
                tokens_per_s=tokens_per_s, tpm=tokens_per_s / 1000 / mem_gib,
-               prefill_s=prefill_s)
+               prefill_s=prefill_s, mem_to_cache=slope / max(cache, 1),
+               **roofline(model, mode, batch, prompt_len + gen_len / 2, tokens_per_s))
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -80,16 +91,17 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'model':<16}{'mode':<9}{'wl':<4}{'batch':>6}{'MiB/sample':>12}"
-            f"{'cache B/sample':>16}{'tok/s':>11}{'TPM':>11}{'prefill s':>10}"
-            f"{'vs vanilla':>11}{'vs block':>9}")
+    head = (f"{'model':<22}{'mode':<9}{'wl':<4}{'batch':>6}{'MiB/sample':>12}"
+            f"{'cache B/sample':>16}{'mem/cache':>10}{'tok/s':>11}{'TPM':>11}{'prefill s':>10}"
+            f"{'vs vanilla':>11}{'vs block':>9}{'GFLOP/s':>9}{'of mm':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = lambda x: "-" if x is None else f"{x:.1f}x"
-        lines.append(f"{r.model:<16}{r.mode:<9}{r.workload:<4}{r.batch:>6}"
+        lines.append(f"{r.model:<22}{r.mode:<9}{r.workload:<4}{r.batch:>6}"
                      f"{r.mem_per_sample_gib * 1024:>12.3f}{r.cache_bytes_per_sample:>16,}"
-                     f"{r.tokens_per_s:>11.1f}{r.tpm:>11.2f}{r.prefill_s:>10.3f}"
-                     f"{ratio(r.vs_vanilla):>11}{ratio(r.vs_block):>9}")
+                     f"{r.mem_to_cache:>10.2f}{r.tokens_per_s:>11.1f}{r.tpm:>11.2f}"
+                     f"{r.prefill_s:>10.3f}{ratio(r.vs_vanilla):>11}{ratio(r.vs_block):>9}"
+                     f"{r.decode_gflops:>9.1f}{r.matmul_fraction:>7.0%}")
     return "\n".join(lines)
 
 

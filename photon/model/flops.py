@@ -59,3 +59,34 @@ def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float
 def training_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> int:
     """Forward plus backward FLOPs per training token."""
     return round(3 * forward_flops_per_token(c, seq_len))
+
+
+def decode_flops_per_token(c: ModelConfig, mode: str = "hiergen", context: int = 0
+                           ) -> tuple[float, float]:
+    """(matmul FLOPs, attention FLOPs) of generating one token `context` tokens into a
+    sequence, with the KV caches of decoding: every module is charged for the positions it
+    runs per token, as in training (a local decoder R + C_l - 1 per latent, the LM head one),
+    but an encoder's new position attends to the whole cache of its level (or its window),
+    and RecGen runs no encoder below the top. Embedding lookups, norms and sampling are not
+    counted."""
+    D = c.d_model
+    head = 2 * D * c.vocab_size
+    if not isinstance(c, PhotonConfig):
+        return c.n_layers * _layer_matmul_flops(c) + head, c.n_layers * 4 * D * context
+    matmul, attention = float(head), 0.0
+    for level in range(1, c.n_levels + 1):
+        per_token = 1 / c.tokens_per_position(level)
+        chunk, window = c.chunk_sizes[level - 1], c.encoder_window_of(level)
+        if mode == "hiergen" or level == c.n_levels:  # RecGen encodes the top level only
+            layers = c.encoder_layers[level - 1]
+            keys = context // c.tokens_per_position(level)
+            keys = 0 if window == 1 else min(keys, window) if window else keys
+            matmul += per_token * layers * _layer_matmul_flops(c, window)
+            attention += per_token * layers * 4 * D * keys
+            if level > 1:
+                matmul += per_token * 2 * chunk * D * D  # the chunker's projection
+        local = c.n_cond + chunk - 1
+        layers = c.decoder_layers[level - 1]
+        matmul += per_token * (2 * D * c.n_cond * D + layers * local * _layer_matmul_flops(c))
+        attention += per_token * layers * _causal_attention_flops(D, local)
+    return matmul, attention

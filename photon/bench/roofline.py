@@ -1,0 +1,73 @@
+"""How close a decode runs to this machine's limits, measured in the same run as the
+benchmark: the matmul rate at the decode step's own widest matmul, and the copy bandwidth
+that bounds a flat model's reads of its KV cache and weights."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from photon.model.flops import decode_flops_per_token
+from photon.model.lm import Model
+
+
+def _rate(fn, work: float, seconds: float) -> float:
+    """work / second of fn(), repeated for about `seconds` after a warm-up."""
+    for _ in range(3):
+        fn()
+    runs, started = 0, time.perf_counter()
+    while True:
+        fn()
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return work * runs / elapsed
+
+
+@torch.inference_mode()
+def matmul_rate(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype,
+                seconds: float = 0.3) -> float:
+    """FLOP/s of torch's [m, k] x [k, n] matmul on `device`."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return _rate(lambda: (a @ b, sync()), 2 * m * k * n, seconds)
+
+
+@torch.inference_mode()
+def copy_bandwidth(device: torch.device, nbytes: int = 128 << 20,
+                   seconds: float = 0.3) -> float:
+    """Bytes/s read and written by copying a large tensor (each copy moves 2 x nbytes)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return _rate(lambda: (dst.copy_(src), sync()), 2 * nbytes, seconds)
+
+
+def widest_matmul(model: Model, batch: int) -> tuple[int, int, int]:
+    """(m, k, n) of a decode step's most frequent large matmul: the MLP of the token decoder
+    (PHOTON: every token chunk of the batch's meta-contexts at once) or of the flat model."""
+    c = model.config
+    rows = batch if c.kind == "vanilla" else batch * c.meta_len // c.chunk_sizes[0]
+    return rows, c.d_model, c.d_ff
+
+
+def roofline(model: Model, mode: str, batch: int, context: float, tokens_per_s: float
+             ) -> dict[str, float]:
+    """The achieved decode FLOP/s (analytic FLOPs per token at the mean `context`) against
+    the matmul rate at the step's widest matmul; for a flat model also the bytes/s its step
+    reads (weights once per step, each sequence's K and V) against the copy bandwidth."""
+    p = next(model.parameters())
+    matmul, attention = decode_flops_per_token(model.config, mode, int(context))
+    achieved = tokens_per_s * (matmul + attention)
+    peak = matmul_rate(*widest_matmul(model, batch), p.device, p.dtype)
+    out = {"decode_flops_per_token": matmul + attention, "decode_gflops": achieved / 1e9,
+           "matmul_gflops": peak / 1e9, "matmul_fraction": achieved / peak}
+    if model.config.kind == "vanilla":
+        c = model.config
+        weights = sum(t.nbytes for t in model.parameters())
+        cache = 2 * c.n_layers * c.d_model * p.element_size() * context
+        out["read_gbs"] = tokens_per_s * (weights / batch + cache) / 1e9
+        out["copy_gbs"] = copy_bandwidth(p.device) / 1e9
+    return out

@@ -20,10 +20,11 @@ def check_prompt(prompt: Sequence[int], vocab_size: int, name: str = "prompt") -
         raise InputError(f"{name}: token id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
-def check_fits(prompt_len: int, max_new_tokens: int, max_len: int) -> None:
-    """A prompt plus the tokens to generate must fit a sequence of `max_len` tokens."""
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+def check_fits(prompt_len: int, max_new_tokens: int, max_len: int, min_new: int = 1) -> None:
+    """A prompt plus the tokens to generate (at least `min_new`: 0 when the prompt is only
+    scored) must fit a sequence of `max_len` tokens."""
+    if max_new_tokens < min_new:
+        raise InputError(f"max_new_tokens must be at least {min_new}, got {max_new_tokens}")
     if prompt_len + max_new_tokens > max_len:
         raise InputError(f"{prompt_len} prompt tokens + {max_new_tokens} new tokens do not "
                          f"fit a sequence of {max_len} tokens")

@@ -153,12 +153,8 @@ class Engine:
         check_prompt(r.prompt, self.model.config.vocab_size)
         if r.scored and r.prompt_logprobs < 0:
             raise InputError(f"prompt_logprobs must be >= 0, got {r.prompt_logprobs}")
-        if r.scored and r.max_tokens == 0:  # scoring only
-            if len(r.prompt) > self.max_len:
-                raise InputError(f"{len(r.prompt)} prompt tokens do not fit a sequence of "
-                                 f"{self.max_len} tokens")
-        else:
-            check_fits(len(r.prompt), r.max_tokens, self.max_len)
+        # A scored prompt may generate nothing (max_tokens 0: scoring only).
+        check_fits(len(r.prompt), r.max_tokens, self.max_len, min_new=0 if r.scored else 1)
         if not 1 <= r.n <= self.share_cap:
             raise InputError(f"n must be in [1, {self.share_cap}] (the slots one request may "
                              f"hold), got {r.n}")

@@ -15,6 +15,11 @@ from photon.serve.sampling import BatchSampler, SamplingParams, chosen_logprobs
 Logprobs = tuple  # (chosen, top ids or None, top values or None) of one row, as lists
 
 
+def _as_lists(picked: tuple) -> tuple:
+    """chosen_logprobs' tensors (or None) as Python lists."""
+    return tuple(None if t is None else t.tolist() for t in picked)
+
+
 class ModelRunner:
     """`slots` preallocated sequences of up to `max_len` tokens, decoded in `mode`."""
 
@@ -57,6 +62,7 @@ class ModelRunner:
         return new_rows
 
     @torch.no_grad()
+    @torch.no_grad()
     def score(self, prompts: list[list[int]], top: int) -> list[Logprobs]:
         """Teacher-forced log-probabilities of every prompt's tokens after its first: one
         forward pass over the prompts, right-padded (a causal model's logits at real
@@ -69,7 +75,7 @@ class ModelRunner:
         out = []
         for row, n in enumerate(lengths.tolist()):
             picked = chosen_logprobs(logits[row, :n - 1], ids[row, 1:n], top)
-            out.append(tuple(None if t is None else t.tolist() for t in picked))
+            out.append(_as_lists(picked))
         return out
 
     @torch.no_grad()
@@ -86,7 +92,7 @@ class ModelRunner:
         rows = {}
         if want:  # only these rows' logits were kept
             picked = chosen_logprobs(logits, tokens[want], max(logprobs.values()))
-            per_row = [None if t is None else t.tolist() for t in picked]
+            per_row = _as_lists(picked)
             rows = {r: tuple(None if t is None else t[i] for t in per_row)
                     for i, r in enumerate(want)}
         return tokens.tolist(), new.tolist(), rows, self.sampler.failed

@@ -53,7 +53,7 @@ class Row:
     mem_to_cache: float | None = None  # per-sample memory / cache bytes per sequence
     decode_flops_per_token: float | None = None  # analytic, at the mean context
     decode_gflops: float | None = None  # achieved: tokens/s x FLOPs per token
-    matmul_gflops: float | None = None  # torch's matmul at the step's widest matmul
+    matmul_gflops: float | None = None  # torch's matmul at the step's MLP matmul
     matmul_fraction: float | None = None
     read_gbs: float | None = None  # flat model: weights and KV read per second
     copy_gbs: float | None = None  # flat model: this machine's copy bandwidth

@@ -1,6 +1,6 @@
 """How close a decode runs to this machine's limits, measured in the same run as the
-benchmark: the matmul rate at the decode step's own widest matmul, and the copy bandwidth
-that bounds a flat model's reads of its KV cache and weights."""
+benchmark: the matmul rate at the decode step's MLP matmul (the most frequent large one),
+and the copy bandwidth that bounds a flat model's reads of its KV cache and weights."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 128 << 20,
     return _rate(lambda: (dst.copy_(src), sync()), 2 * nbytes, seconds)
 
 
-def widest_matmul(model: Model, batch: int) -> tuple[int, int, int]:
+def mlp_matmul(model: Model, batch: int) -> tuple[int, int, int]:
     """(m, k, n) of a decode step's most frequent large matmul: the MLP of the token decoder
     (PHOTON: every token chunk of the batch's meta-contexts at once) or of the flat model."""
     c = model.config
@@ -56,12 +56,12 @@ def widest_matmul(model: Model, batch: int) -> tuple[int, int, int]:
 def roofline(model: Model, mode: str, batch: int, context: float, tokens_per_s: float
              ) -> dict[str, float]:
     """The achieved decode FLOP/s (analytic FLOPs per token at the mean `context`) against
-    the matmul rate at the step's widest matmul; for a flat model also the bytes/s its step
+    the matmul rate at the step's MLP matmul; for a flat model also the bytes/s its step
     reads (weights once per step, each sequence's K and V) against the copy bandwidth."""
     p = next(model.parameters())
     matmul, attention = decode_flops_per_token(model.config, mode, int(context))
     achieved = tokens_per_s * (matmul + attention)
-    peak = matmul_rate(*widest_matmul(model, batch), p.device, p.dtype)
+    peak = matmul_rate(*mlp_matmul(model, batch), p.device, p.dtype)
     out = {"decode_flops_per_token": matmul + attention, "decode_gflops": achieved / 1e9,
            "matmul_gflops": peak / 1e9, "matmul_fraction": achieved / peak}
     if model.config.kind == "vanilla":

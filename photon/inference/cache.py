@@ -4,6 +4,12 @@
 context encoder of PHOTON). Each sequence of the batch has its own length, so prompts of
 different lengths share one batch; entries past a sequence's length are masked out.
 
+By default attention reads the filled part only (`[:end]`, the longest sequence's length):
+the fastest eager path. A `static` cache always returns its whole capacity with a mask,
+and keeps the lengths on the device as well, so a step has the same shapes every time and
+reads nothing back from the host: what `torch.compile` / CUDA graphs capture once
+(gpt-fast's static cache). Its capacity is checked by the decoder, on the host.
+
 A local decoder's window (at most R + C entries, thrown away at every chunk) is
 `photon.model.layers.LocalKVCache`: training uses it too.
 """
@@ -24,12 +30,16 @@ class KVCache:
     """Preallocated keys and values [layers, B, heads, capacity, head_dim]."""
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
-                 device: torch.device | str, dtype: torch.dtype) -> None:
+                 device: torch.device | str, dtype: torch.dtype, static: bool = False) -> None:
         shape = (n_layers, batch, n_heads, capacity, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.capacity = capacity
+        self.static = static
         self.lengths = torch.zeros(batch, dtype=torch.long)  # on the host: no device sync
+        # A static cache's positions come from the device copy: a step reads no host value.
+        self.device_lengths = torch.zeros(batch, dtype=torch.long, device=device) \
+            if static else None
         self._start: int | None = 0
         self._positions: Tensor | None = None
         self._end = 0
@@ -46,11 +56,15 @@ class KVCache:
 
     def prepare(self, T: int, device: torch.device, window: int = 0
                 ) -> tuple[Tensor, Tensor | None]:
-        lo, hi = int(self.lengths.min()), int(self.lengths.max())
+        if self.static:
+            if not torch.compiler.is_compiling():  # a compiled step is checked before it
+                self.check_room(T)
+            self._start = None
+            self._end = self.capacity
+            self._positions = self.device_lengths[:, None] + torch.arange(T, device=device)
+            return self._positions, window_mask(self._positions, self.capacity, window)
+        lo, hi = self._host_span(T)
         self._end = hi + T
-        if self._end > self.capacity:
-            raise CacheFullError(
-                f"KV cache full: {hi} + {T} positions exceed its capacity of {self.capacity}")
         if lo == hi:  # every sequence at the same length: write and read by slicing
             self._start = lo
             positions = torch.arange(lo, lo + T, device=device)[None]
@@ -65,6 +79,20 @@ class KVCache:
             mask = window_mask(positions, self._end, window)
         return positions, mask
 
+    @torch.compiler.disable
+    def _host_span(self, T: int) -> tuple[int, int]:
+        """(shortest, longest) sequence, once T more positions are known to fit: host
+        values, read outside a compiled step (a dynamic-shape step breaks its graph here)."""
+        self.check_room(T)
+        return int(self.lengths.min()), int(self.lengths.max())
+
+    def check_room(self, T: int) -> None:
+        """Raise `CacheFullError` unless every sequence has room for T more positions."""
+        hi = int(self.lengths.max()) if len(self.lengths) else 0
+        if hi + T > self.capacity:
+            raise CacheFullError(
+                f"KV cache full: {hi} + {T} positions exceed its capacity of {self.capacity}")
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self._start is not None:
             s = self._start
@@ -77,6 +105,14 @@ class KVCache:
         return self.k[layer, :, :, :self._end], self.v[layer, :, :, :self._end]
 
     def advance(self, n: int | Tensor) -> None:
+        if self.static:
+            self.device_lengths += n.to(self.device_lengths.device) if isinstance(n, Tensor) \
+                else n
+        self._advance_host(n)
+
+    @torch.compiler.disable
+    def _advance_host(self, n: int | Tensor) -> None:
+        # Host bookkeeping (capacity checks, slots) stays out of a compiled step.
         self.lengths += n.cpu() if isinstance(n, Tensor) else n
 
     # --- slots: the rows of a cache reused by different sequences over time ---------------------
@@ -87,11 +123,15 @@ class KVCache:
         view = copy.copy(self)
         view.k, view.v = self.k[:, start:stop], self.v[:, start:stop]
         view.lengths = self.lengths[start:stop]
+        if self.static:
+            view.device_lengths = self.device_lengths[start:stop]
         return view
 
     def reset(self) -> None:
         """Forget every sequence (lengths 0); the memory is reused as it is."""
         self.lengths.zero_()
+        if self.static:
+            self.device_lengths.zero_()
 
     def copy_rows(self, src: Sequence[int], dst: Sequence[int]) -> None:
         """Copy sequence src[i] into row dst[i] (keys, values, length); only the filled
@@ -104,3 +144,5 @@ class KVCache:
         self.k[:, rows, :, :end] = self.k[:, index, :, :end]
         self.v[:, rows, :, :end] = self.v[:, index, :, :end]
         self.lengths[list(dst)] = self.lengths[list(src)]
+        if self.static:
+            self.device_lengths[rows] = self.device_lengths[index]

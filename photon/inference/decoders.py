@@ -1,12 +1,14 @@
 """The decoders: prefill, then one step at a time, over preallocated caches.
 
 `FlatDecoder` decodes the flat Transformer one token per step. `PhotonDecoder` decodes PHOTON
-one meta-context (C_1…C_L tokens) per step. Its token chunks depend only on their
-conditioning latents, never on each other's tokens, so all sub-chunks of a meta-context
-decode in parallel: C_1 local-decoder steps make C_1…C_L tokens. Tokens already known (the
-end of a prompt that does not fill its meta-context, or every token when scoring a text)
-are forced in place of samples, which makes a partial prompt, a batch of prompts of
-different lengths and teacher-forced scoring one code path. After each meta-context:
+one meta-context (C_1…C_L tokens) per step, its token chunks one after another. A token
+chunk depends only on its conditioning latent, so all chunks could decode at once, but then
+a step holds every chunk's local window and logits per sequence (photon-small: 186 KB, a
+third of its 557 KB RecGen cache; one chunk at a time: 55 KB), and at a protocol-sized batch
+one chunk of every sequence is already a large matmul. Tokens already known (the end of a
+prompt that does not fill its meta-context, or every token when scoring a text) are forced
+in place of samples, which makes a partial prompt, a batch of prompts of different lengths
+and teacher-forced scoring one code path. After each meta-context:
 - HierGen re-encodes its tokens bottom-up, advancing the encoder caches (a level whose
   encoder reads only its own chunk, `encoder_window=1`, keeps none);
 - RecGen feeds the decoder's own reconstruction X̂^(L-1) through the top chunker and takes
@@ -28,6 +30,7 @@ from photon.inference.cache import KVCache
 from photon.inference.modes import check_mode
 from photon.inference.sampling import Sampler
 from photon.inference.slots import Slots
+from photon.model.layers import Stack
 from photon.model.lm import Model, PhotonLM
 
 
@@ -42,18 +45,18 @@ class FlatDecoder(Slots):
 
     ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
 
-    def __init__(self, model: Model, batch: int, capacity: int) -> None:
+    def __init__(self, model: Model, batch: int, capacity: int, static: bool = False) -> None:
         c, p = model.config, next(model.parameters())
         self.model = model
         self.cache = KVCache(c.n_layers, batch, c.n_heads, c.head_dim, capacity, p.device,
-                             p.dtype)
+                             p.dtype, static)
         self.tokens_per_step = 1
 
     @property
     def cache_bytes(self) -> int:
         return self.cache.nbytes
 
-    def prefill(self, ids: Tensor, lengths: Tensor) -> None:
+    def _prefill(self, ids: Tensor, lengths: Tensor) -> None:
         hidden = self.model.hidden(ids, self.cache, advance=lengths)
         self.next_logits = self.model.lm_head(_gather_positions(hidden, lengths - 1, 1))
         self.pending: Tensor | None = None
@@ -97,7 +100,8 @@ class PhotonDecoder(Slots):
     ROW_STATE = ("cond", "recons", "carries", "top_cond", "next_top", "meta_start", "known_ids",
                  "known_len", "pending")
 
-    def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str) -> None:
+    def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str,
+                 static: bool = False) -> None:
         c, p = model.config, next(model.parameters())
         check_mode(c, mode)
         self.model, self.mode, self.P = model, mode, c.meta_len
@@ -108,7 +112,7 @@ class PhotonDecoder(Slots):
         cached = c.cached_levels(mode)
         self.caches = [
             KVCache(c.encoder_layers[level - 1], batch, c.n_heads, c.head_dim,
-                    metas * self.positions_per_meta(level), p.device, p.dtype)
+                    metas * self.positions_per_meta(level), p.device, p.dtype, static)
             if level in cached else None
             for level in range(1, c.n_levels + 1)
         ]
@@ -147,7 +151,7 @@ class PhotonDecoder(Slots):
         if c.variant == "A":
             self.carries = [r[:, -1:] for r in recons]
 
-    def prefill(self, ids: Tensor, lengths: Tensor) -> None:
+    def _prefill(self, ids: Tensor, lengths: Tensor) -> None:
         """Encode each prompt's complete meta-contexts; plan the meta-context it ends in."""
         complete = lengths // self.P
         G = int(complete.max())
@@ -160,6 +164,13 @@ class PhotonDecoder(Slots):
         self.known_ids, self.known_len = ids, lengths
         self.pending: Tensor | None = None
         self.next_top = None
+
+    def _check_room(self) -> None:
+        """Room in every static cache for one more meta-context, checked on the host: a
+        compiled step does not check it itself."""
+        for level, cache in enumerate(self.caches, start=1):
+            if cache is not None and cache.static:
+                cache.check_room(self.positions_per_meta(level))
 
     def _advance(self, tokens: Tensor) -> None:
         """Move the top stream past the meta-context just decoded."""
@@ -186,18 +197,19 @@ class PhotonDecoder(Slots):
             torch.zeros_like(known, dtype=torch.long)
         return known, ids
 
-    def _token_chunks(self, cond: Tensor, known: Tensor, forced: Tensor,
-                      sampler: Sampler | None, keep: bool | Tensor
-                      ) -> tuple[Tensor, Tensor | None]:
-        """Decode S token chunks per sequence, all at once, from their conditioning latents
-        cond [B, S, D]: (tokens [B, S, C], the logits `keep` asks for [B', S, C, V] or
-        None); known/forced [B, S, C]."""
+    def _token_chunk(self, cond: Tensor, known: Tensor, forced: Tensor,
+                     sampler: Sampler | None, keep: bool | Tensor
+                     ) -> tuple[Tensor, Tensor | None]:
+        """Decode one token chunk per sequence from its conditioning latent cond [B, 1, D]:
+        (tokens [B, C_1], the logits `keep` asks for [B', C_1, V] or None); known/forced
+        [B, C_1]."""
         def choose(j: int, logits: Tensor) -> Tensor:
             if sampler is None:
-                return forced[:, :, j]
-            return torch.where(known[:, :, j], forced[:, :, j], sampler(logits))
+                return forced[:, None, j]
+            return torch.where(known[:, None, j], forced[:, None, j], sampler(logits))
 
-        return self.model.decode_token_chunks(cond, choose, keep)
+        tokens, logits = self.model.decode_token_chunks(cond, choose, keep)
+        return tokens[:, 0], None if logits is None else logits[:, 0]
 
     def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,
                sampler: Sampler | None, keep: bool | Tensor,
@@ -207,11 +219,8 @@ class PhotonDecoder(Slots):
         its encoder state X^(level) [B, 1, D]; known/forced [B, tokens of the chunk]."""
         m = self.model
         if level == 1:
-            C = m.config.chunk_sizes[0]
-            tokens, logits = self._token_chunks(cond, known.view(-1, 1, C),
-                                                forced.view(-1, 1, C), sampler, keep)
-            out.append((tokens[:, 0], None if logits is None else logits[:, 0]))
-            x = m.enc_embed(tokens[:, 0])
+            out.append(self._token_chunk(cond, known, forced, sampler, keep))
+            x = m.enc_embed(out[-1][0])
         else:
             span = known.shape[1] // m.config.chunk_sizes[level - 1]
             states: list[Tensor] = []
@@ -236,23 +245,23 @@ class PhotonDecoder(Slots):
         of every sequence (True), of the rows a tensor lists, or none (False: None is
         returned, and no position's logits outlive the choice of its tokens).
         """
+        if self.pending is not None or self.chunkwise:  # this step encodes a meta-context
+            self._check_room()
         if self.pending is not None:
             self._advance(self.pending)
         known, forced = self._known(forced)
-        B, P = known.shape
+        out: list[tuple[Tensor, Tensor | None]] = []
         if self.chunkwise:
-            out: list[tuple[Tensor, Tensor | None]] = []
             self.next_top = self._chunk(self.model.config.n_levels, self.top_cond, known,
                                         forced, sampler, keep_logits, out)
-            tokens = torch.cat([t for t, _ in out], dim=1)
-            logits = None if keep_logits is False else torch.cat([lg for _, lg in out], dim=1)
         else:
-            S = self.cond.shape[1]
-            tokens, logits = self._token_chunks(self.cond, known.view(B, S, -1),
-                                                forced.view(B, S, -1), sampler, keep_logits)
-        self.pending = tokens.reshape(B, P)
-        if logits is not None:
-            logits = logits.reshape(len(logits), P, -1)
+            C = self.model.config.chunk_sizes[0]
+            for s in range(self.cond.shape[1]):
+                part = slice(s * C, (s + 1) * C)
+                out.append(self._token_chunk(self.cond[:, s:s + 1], known[:, part],
+                                             forced[:, part], sampler, keep_logits))
+        self.pending = torch.cat([tokens for tokens, _ in out], dim=1)
+        logits = None if keep_logits is False else torch.cat([lg for _, lg in out], dim=1)
         return self.pending, ~known, logits
 
     def flush(self) -> None:
@@ -269,11 +278,29 @@ class PhotonDecoder(Slots):
         self.caches = caches
 
 
+def compile_for_decoding(model: Model, static: bool = True, mode: str | None = None,
+                         backend: str = "inductor") -> None:
+    """`torch.compile` every Transformer stack of `model` for decoding.
+
+    With `static`, the decoders `make_decoder` builds for it keep static caches (`KVCache`):
+    every step has the same shapes, so each stack compiles once per input shape and never
+    again, and `mode="reduce-overhead"` can capture it as a CUDA graph. Without, shapes
+    are dynamic (attention reads only the filled part of a cache): the faster on a CPU,
+    where there are no kernel launches to save."""
+    # Every stack and every position of a local window is a shape of its own: room for them.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for module in model.modules():
+        if isinstance(module, Stack):
+            module.compile(dynamic=not static, mode=mode, backend=backend)
+    model.static_caches = static
+
+
 def make_decoder(model: Model, mode: str, batch: int, capacity: int
                  ) -> FlatDecoder | PhotonDecoder:
     """The decoder of `model` in `mode` (checked), with caches for `batch` sequences of up
-    to `capacity` tokens."""
+    to `capacity` tokens; static caches for a model `compile_for_decoding` made static."""
     check_mode(model.config, mode)
+    static = getattr(model, "static_caches", False)
     if isinstance(model, PhotonLM):
-        return PhotonDecoder(model, batch, capacity, mode)
-    return FlatDecoder(model, batch, capacity)
+        return PhotonDecoder(model, batch, capacity, mode, static)
+    return FlatDecoder(model, batch, capacity, static)

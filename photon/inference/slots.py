@@ -11,9 +11,14 @@ two steps
   the gaps (one cache-row copy each), so the active rows stay a prefix and a step costs what
   the running sequences cost, not what the slots would.
 
+The same admission bounds a fresh decoder's prefill: `prefill` runs at most
+`PREFILL_TOKENS` prompt tokens per pass, so its workspace (activations of the whole prompt,
+every layer) is that of one pass, whatever the batch, and memory per sequence is its caches.
+
 A decoder class provides `ROW_STATE` (the names of its per-sequence attributes: batch-first
-tensors, lists of them, or None), `flush()` (apply the tokens of the last step that it would
-otherwise apply lazily at the next one) and `_slot_caches` / `_use_caches` (its KV caches).
+tensors, lists of them, or None), `_prefill` (prefill all its rows in one pass), `flush()`
+(apply the tokens of the last step that it would otherwise apply lazily at the next one)
+and `_slot_caches` / `_use_caches` (its KV caches).
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from photon.errors import CacheFullError
 from photon.inference.cache import KVCache
 
 RowState = Tensor | list[Tensor] | None
+# Prompt tokens one prefill pass takes at most (one prompt at least): enough rows for large
+# matmuls, few enough that the pass's workspace stays far below the caches of the batch.
+PREFILL_TOKENS = {"cpu": 2048, "cuda": 32768}
+
+
+def prefill_rows(prompt_len: int, device: torch.device) -> int:
+    """Prompts of `prompt_len` tokens that one prefill pass takes on `device`."""
+    return max(1, PREFILL_TOKENS.get(device.type, PREFILL_TOKENS["cuda"]) // max(prompt_len, 1))
 
 
 def take_rows(x: RowState, order: list[int]) -> RowState:
@@ -68,6 +81,20 @@ class Slots:
     def flush(self) -> None:
         raise NotImplementedError
 
+    def _prefill(self, ids: Tensor, lengths: Tensor) -> None:
+        raise NotImplementedError
+
+    def prefill(self, ids: Tensor, lengths: Tensor) -> None:
+        """Prefill prompts `ids` [B, T] (right-padded, `lengths` [B]) into a fresh decoder,
+        `prefill_rows` prompts per pass (admitted as slots when that takes several)."""
+        rows = prefill_rows(ids.shape[1], ids.device)
+        if len(ids) <= rows:
+            return self._prefill(ids, lengths)
+        self.open_slots()
+        for start in range(0, len(ids), rows):
+            part = slice(start, start + rows)
+            self.admit(ids[part], lengths[part], [1] * len(ids[part]))
+
     def open_slots(self) -> None:
         """Start continuous batching on a freshly built decoder: every row is a free slot."""
         self._slots = self._slot_caches()
@@ -101,7 +128,7 @@ class Slots:
         for view in newcomers._narrow(n, n + k):
             if view is not None:
                 view.reset()
-        newcomers.prefill(ids, lengths)
+        newcomers._prefill(ids, lengths)
         extra = [i for i, c in enumerate(copies) for _ in range(c - 1)]
         for cache in self._slots:
             if cache is not None:

@@ -3,7 +3,10 @@ what `photon serve` sizes its slots with (both at run time, on the machine at ha
 
 Per-sample memory is the slope of peak memory between two batch sizes (caches and the
 activations of a decode step, not only KV); on CUDA from `torch.cuda.max_memory_allocated`,
-on the CPU from the profiler's allocation trace of the same run.
+on the CPU from the profiler's allocation trace of the same run. Prefill takes a bounded
+number of prompts per pass (`photon.inference.slots.prefill_rows`), so `slope_batches` picks
+two batches that both fill a pass: the slope is then what one more sequence costs at a
+protocol-sized batch, not a share of one pass's workspace.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from photon.device import GIB
 from photon.inference.decoders import make_decoder
 from photon.inference.sampling import make_sampler
+from photon.inference.slots import prefill_rows
 from photon.model.config import PhotonConfig
 from photon.model.lm import Model
 
@@ -35,6 +39,17 @@ def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dt
     metas = math.ceil(capacity / c.meta_len)
     return sum(entry * c.encoder_layers[level - 1] * metas * (c.meta_len
                // c.tokens_per_position(level)) for level in c.cached_levels(mode))
+
+
+def slope_batches(prompt_len: int, device: torch.device, most: int | None = None
+                  ) -> tuple[int, int]:
+    """(k, 4k): the batches between which the benchmark measures memory per sequence; k
+    prompts of `prompt_len` tokens fill one prefill pass, unless 4k would exceed `most`
+    (the batch whose caches fill the memory budget); k >= 2."""
+    k = prefill_rows(prompt_len, device)
+    if most is not None:
+        k = min(k, most // 4)
+    return max(2, k), 4 * max(2, k)
 
 
 def _sync(device: torch.device) -> None:

@@ -82,6 +82,7 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
         if r["kind"] == "vanilla":
             assert r["vs_vanilla"] == pytest.approx(1.0)
     assert (tmp_path / "context_sweep.png").stat().st_size > 1000
+    assert (tmp_path / "bench.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
 
 

@@ -1,10 +1,43 @@
-"""Plots of benchmark results: the context sweep and the quality/speed trade-off."""
+"""Plots of benchmark results: the protocol's rows, the context sweep and the quality/speed
+trade-off."""
 
 from __future__ import annotations
 
 import math
 
-from photon.bench.protocol import SweepPoint, label
+from photon.bench.protocol import Row, SweepPoint, label
+
+
+def plot_rows(rows: list[Row], path: str) -> None:
+    """Per workload: each row's TPM relative to vanilla, and its memory per sample against
+    its cache bytes (how much of the memory is cache)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = sorted({r.workload for r in rows})
+    fig, axes = plt.subplots(2, len(workloads), figsize=(6 * len(workloads), 7), squeeze=False)
+    for col, workload in enumerate(workloads):
+        mine = [r for r in rows if r.workload == workload]
+        names = [label(r.model, r.mode) for r in mine]
+        top, bottom = axes[0][col], axes[1][col]
+        bars = top.bar(names, [r.vs_vanilla or 0 for r in mine])
+        top.bar_label(bars, fmt="%.0fx", fontsize=8)
+        top.set_yscale("log")
+        top.set_title(f"{workload}: TPM relative to vanilla")
+        bottom.bar(names, [r.mem_per_sample_gib * 1024 for r in mine], label="memory per sample")
+        bottom.bar(names, [r.cache_bytes_per_sample / 2**20 for r in mine], width=0.5,
+                   label="its KV caches")
+        bottom.set_yscale("log")
+        bottom.set_title(f"{workload}: MiB per sequence")
+        bottom.legend(fontsize=8)
+        for ax in (top, bottom):
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_sweep(points: list[SweepPoint], path: str) -> None:

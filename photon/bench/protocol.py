@@ -2,8 +2,8 @@
 
 For each model and workload (PF: prompt 2048, generate 128; DE: prompt 128, generate 2048;
 random prompts, greedy, no EOS):
-- per-sample memory is the slope of peak memory between two batch sizes
-  (`photon.inference.workload`);
+- per-sample memory is the slope of peak memory between two batch sizes, by default two
+  that each fill a prefill pass (`photon.inference.workload.slope_batches`);
 - the batch is the largest whose predicted peak (weights + intercept + slope · batch) fits
   the memory budget;
 - throughput is generated tokens per second over the whole batch, prefill included;
@@ -25,6 +25,7 @@ from photon.inference.workload import (
     batch_for_budget,
     memory_profile,
     run_workload,
+    slope_batches,
 )
 from photon.model.lm import Model
 
@@ -53,31 +54,34 @@ class Row:
     mem_to_cache: float | None = None  # per-sample memory / cache bytes per sequence
     decode_flops_per_token: float | None = None  # analytic, at the mean context
     decode_gflops: float | None = None  # achieved: tokens/s x FLOPs per token
-    matmul_gflops: float | None = None  # torch's matmul at the step's MLP matmul
+    matmul_gflops: float | None = None  # torch's matmuls on the same work (MLP and head)
     matmul_fraction: float | None = None
+    mlp_gflops: float | None = None  # torch's matmul at the MLP's shape at this batch
+    head_gflops: float | None = None  # ... and at the LM head's
     read_gbs: float | None = None  # flat model: weights and KV read per second
     copy_gbs: float | None = None  # flat model: this machine's copy bandwidth
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
-            budget_gib: float, max_batch: int, batches: tuple[int, int]) -> Row:
-    """One row of the table: memory slope, the batch that fits, and its throughput."""
+            budget_gib: float, max_batch: int, batches: tuple[int, int] | None = None) -> Row:
+    """One row of the table: memory slope, the batch that fits, and its throughput;
+    `batches`: those of the slope (default `slope_batches`)."""
+    p = next(model.parameters())
+    cache = analytic_cache_bytes(model, mode, prompt_len + gen_len, p.dtype)
+    batches = batches or slope_batches(prompt_len, p.device, int(budget_gib * GIB // cache))
     batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
                                     batches)
     batch = max(batch, 1)  # a budget below one sequence still measures one
     prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len)
     tokens_per_s = batch * gen_len / total_s
-    mem_gib = slope / GIB
-    dtype = next(model.parameters()).dtype
-    cache = decoder.cache_bytes // batch
+    mem_gib, cache_row = slope / GIB, decoder.cache_bytes // batch
     return Row(model=name, kind=model.config.kind, mode=mode_label(model.config, mode),
                workload=workload,
                prompt_len=prompt_len, gen_len=gen_len, batch=batch,
-               mem_per_sample_gib=mem_gib, cache_bytes_per_sample=cache,
-               analytic_cache_bytes_per_sample=analytic_cache_bytes(
-                   model, mode, prompt_len + gen_len, dtype),
+               mem_per_sample_gib=mem_gib, cache_bytes_per_sample=cache_row,
+               analytic_cache_bytes_per_sample=cache,
                tokens_per_s=tokens_per_s, tpm=tokens_per_s / 1000 / mem_gib,
-               prefill_s=prefill_s, mem_to_cache=slope / max(cache, 1),
+               prefill_s=prefill_s, mem_to_cache=slope / max(cache_row, 1),
                **roofline(model, mode, batch, prompt_len + gen_len / 2, tokens_per_s))
 
 
@@ -123,10 +127,12 @@ class SweepPoint:
 
 def context_sweep(name: str, model: Model, mode: str, contexts: list[int], batch: int,
                   gen_len: int) -> list[SweepPoint]:
-    """Per-sample memory and decode time per token as the prompt grows, at a fixed batch."""
+    """Per-sample memory (`slope_batches`) and decode time per token at a fixed `batch`, as
+    the prompt grows."""
     points = []
     for context in contexts:
-        slope, _ = memory_profile(model, mode, context, gen_len, (batch, 2 * batch))
+        slope, _ = memory_profile(model, mode, context, gen_len,
+                                  slope_batches(context, next(model.parameters()).device))
         prefill_s, total_s, decoder = run_workload(model, mode, batch, context, gen_len)
         points.append(SweepPoint(
             model=name, mode=mode_label(model.config, mode), context=context,

@@ -1,6 +1,7 @@
 """How close a decode runs to this machine's limits, measured in the same run as the
-benchmark: the matmul rate at the decode step's MLP matmul (the most frequent large one),
-and the copy bandwidth that bounds a flat model's reads of its KV cache and weights."""
+benchmark: torch's matmul rate at the decode step's own dominant shapes (the MLP's and the
+LM head's at the benchmark's batch), and the copy bandwidth that bounds a flat model's
+reads of its KV cache and weights."""
 
 from __future__ import annotations
 
@@ -45,27 +46,33 @@ def copy_bandwidth(device: torch.device, nbytes: int = 128 << 20,
     return _rate(lambda: (dst.copy_(src), sync()), 2 * nbytes, seconds)
 
 
-def mlp_matmul(model: Model, batch: int) -> tuple[int, int, int]:
-    """(m, k, n) of a decode step's most frequent large matmul: the MLP of the token decoder
-    (PHOTON: every token chunk of the batch's meta-contexts at once) or of the flat model."""
+def decode_matmuls(model: Model, batch: int) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of a decode step's dominant matmuls: every layer's MLP and the LM head, over
+    one position of every sequence (PHOTON decodes one token chunk of each at a time)."""
     c = model.config
-    rows = batch if c.kind == "vanilla" else batch * c.meta_len // c.chunk_sizes[0]
-    return rows, c.d_model, c.d_ff
+    return {"mlp": (batch, c.d_model, c.d_ff), "head": (batch, c.d_model, c.vocab_size)}
 
 
 def roofline(model: Model, mode: str, batch: int, context: float, tokens_per_s: float
              ) -> dict[str, float]:
     """The achieved decode FLOP/s (analytic FLOPs per token at the mean `context`) against
-    the matmul rate at the step's MLP matmul; for a flat model also the bytes/s its step
-    reads (weights once per step, each sequence's K and V) against the copy bandwidth."""
+    what torch's matmuls reach on the same work: the head's FLOPs at the rate of the head's
+    shape, the rest at the MLP's (a harmonic mean by FLOPs). For a flat model also the
+    bytes/s its step reads (weights once per step, each sequence's K and V) against the
+    copy bandwidth."""
     p = next(model.parameters())
-    matmul, attention = decode_flops_per_token(model.config, mode, int(context))
-    achieved = tokens_per_s * (matmul + attention)
-    peak = matmul_rate(*mlp_matmul(model, batch), p.device, p.dtype)
-    out = {"decode_flops_per_token": matmul + attention, "decode_gflops": achieved / 1e9,
-           "matmul_gflops": peak / 1e9, "matmul_fraction": achieved / peak}
-    if model.config.kind == "vanilla":
-        c = model.config
+    c = model.config
+    matmul, attention = decode_flops_per_token(c, mode, int(context))
+    total = matmul + attention
+    head = 2 * c.d_model * c.vocab_size
+    rates = {name: matmul_rate(*shape, p.device, p.dtype)
+             for name, shape in decode_matmuls(model, batch).items()}
+    peak = total / (head / rates["head"] + (total - head) / rates["mlp"])
+    achieved = tokens_per_s * total
+    out = {"decode_flops_per_token": total, "decode_gflops": achieved / 1e9,
+           "matmul_gflops": peak / 1e9, "matmul_fraction": achieved / peak,
+           "mlp_gflops": rates["mlp"] / 1e9, "head_gflops": rates["head"] / 1e9}
+    if c.kind == "vanilla":
         weights = sum(t.nbytes for t in model.parameters())
         cache = 2 * c.n_layers * c.d_model * p.element_size() * context
         out["read_gbs"] = tokens_per_s * (weights / batch + cache) / 1e9

@@ -30,12 +30,14 @@ def run(args: argparse.Namespace) -> None:
         workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
-    batches = tuple(int(b) for b in args.slope_batches.split(","))
+    batches = tuple(int(b) for b in args.slope_batches.split(",")) if args.slope_batches \
+        else None
     modes = args.modes.split(",")
     models = load_models(names, device, dtype, args.compile)
     env = environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
+    print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches "
+          f"{batches or 'that fill a prefill pass (k, 4k)'}")
     jobs = [(name, model, mode, wl, p, g) for name, model in models
             for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> None:
 
     out = {**env, "rows": [asdict(r) for r in rows]}
     os.makedirs(args.out, exist_ok=True)
+    plots.plot_rows(rows, os.path.join(args.out, "bench.png"))
+    print(f"plot: {os.path.join(args.out, 'bench.png')}")
     if args.sweep or args.quick:
         contexts = [int(c) for c in (args.sweep or "32,128").split(",")]
         points = []
@@ -68,11 +72,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 
-def load_models(names: list[str], device, dtype, compile_stacks: bool) -> list[tuple[str, object]]:
-    """Presets (randomly initialised: speed does not depend on the weights) or checkpoints."""
+def load_models(names: list[str], device, dtype, compile_steps: bool
+                ) -> list[tuple[str, object]]:
+    """Presets (randomly initialised: speed does not depend on the weights) or checkpoints;
+    with `compile_steps`, compiled for decoding (`compile_for_decoding`)."""
     import torch
 
-    from photon.model.layers import Stack
+    from photon.inference.decoders import compile_for_decoding
     from photon.model.lm import build_model
 
     models = []
@@ -86,10 +92,12 @@ def load_models(names: list[str], device, dtype, compile_stacks: bool) -> list[t
             torch.manual_seed(0)
             model = build_model(name, device=device)
         model = model.to(dtype).eval()
-        if compile_stacks:
-            for module in model.modules():
-                if isinstance(module, Stack):
-                    module.compile(dynamic=True)
+        if compile_steps:
+            # Every model alike, on the device's fastest path: static shapes captured as
+            # CUDA graphs on a GPU; dynamic shapes on a CPU, where there is no launch cost to
+            # save and a static step's full-capacity attention is measured slower (README).
+            cuda = device.type == "cuda"
+            compile_for_decoding(model, static=cuda, mode="reduce-overhead" if cuda else None)
         models.append((name, model))
     return models
 
@@ -121,15 +129,18 @@ def add_parser(verbs) -> None:
     p.add_argument("--budget-gib", type=float,
                    help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
     p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")
-    p.add_argument("--slope-batches", default="2,8",
-                   help="the two batch sizes whose peak-memory slope is the per-sample memory")
+    p.add_argument("--slope-batches",
+                   help="the two batch sizes whose peak-memory slope is the per-sample memory "
+                        "(default k,4k where k prompts fill one prefill pass: 2048 prompt "
+                        "tokens on CPU, 32768 on CUDA)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["bf16", "fp32"],
                    help="default bf16 on CUDA, fp32 on CPU (faster than bf16 for small "
                         "inference matmuls on CPU)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile every Transformer stack of every model alike")
+                   help="torch.compile every model's Transformer stacks for decoding: static "
+                        "shapes as CUDA graphs on a GPU, dynamic shapes on a CPU")
     p.add_argument("--sweep", metavar="CONTEXTS",
                    help="context sweep, e.g. 512,1024,2048,4096,8192: memory and time per "
                         "token against context, plotted to OUT/context_sweep.png")

@@ -87,6 +87,31 @@ class FlatDecoder(Slots):
         (self.cache,) = caches
 
 
+class _StepOutput:
+    """What a PHOTON step collects, chunk after chunk: the tokens, and the logits `keep`
+    asks for (every sequence's, the rows a tensor lists, or none) written into one buffer
+    [B', P, V] as each position is decoded; the others are freed once their token is
+    chosen."""
+
+    def __init__(self, keep: bool | Tensor, shape: torch.Size, head_weight: Tensor) -> None:
+        B, P = shape
+        self.tokens: list[Tensor] = []
+        self.keep = keep
+        rows = B if keep is True else 0 if keep is False else len(keep)
+        self.logits = None if keep is False else head_weight.new_empty(
+            rows, P, head_weight.shape[0])
+
+    @property
+    def n_tokens(self) -> int:
+        """Positions of the meta-context decoded so far."""
+        return sum(t.shape[1] for t in self.tokens)
+
+    def keep_logits(self, position: int, logits: Tensor) -> None:
+        """Keep the logits [B, V] of `position` where they are asked for."""
+        if self.logits is not None:
+            self.logits[:, position] = logits if self.keep is True else logits[self.keep]
+
+
 class PhotonDecoder(Slots):
     """HierGen / RecGen for PhotonLM: one meta-context per step.
 
@@ -197,30 +222,29 @@ class PhotonDecoder(Slots):
             torch.zeros_like(known, dtype=torch.long)
         return known, ids
 
-    def _token_chunk(self, cond: Tensor, known: Tensor, forced: Tensor,
-                     sampler: Sampler | None, keep: bool | Tensor
-                     ) -> tuple[Tensor, Tensor | None]:
-        """Decode one token chunk per sequence from its conditioning latent cond [B, 1, D]:
-        (tokens [B, C_1], the logits `keep` asks for [B', C_1, V] or None); known/forced
-        [B, C_1]."""
+    def _token_chunk(self, cond: Tensor, known: Tensor, forced: Tensor, sampler: Sampler | None,
+                     out: _StepOutput) -> Tensor:
+        """Decode one token chunk per sequence from its conditioning latent cond [B, 1, D]
+        into `out`; known/forced [B, C_1]."""
+        start = out.n_tokens
+
         def choose(j: int, logits: Tensor) -> Tensor:
+            out.keep_logits(start + j, logits[:, 0])
             if sampler is None:
                 return forced[:, None, j]
             return torch.where(known[:, None, j], forced[:, None, j], sampler(logits))
 
-        tokens, logits = self.model.decode_token_chunks(cond, choose, keep)
-        return tokens[:, 0], None if logits is None else logits[:, 0]
+        out.tokens.append(self.model.decode_token_chunks(cond, choose)[:, 0])
+        return out.tokens[-1]
 
     def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,
-               sampler: Sampler | None, keep: bool | Tensor,
-               out: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+               sampler: Sampler | None, out: _StepOutput) -> Tensor:
         """Decode one level-`level` chunk of every sequence from its latent cond [B, 1, D]
-        (level 1: C_1 tokens, appended to `out` with their logits), encode it, and return
-        its encoder state X^(level) [B, 1, D]; known/forced [B, tokens of the chunk]."""
+        (level 1: C_1 tokens, into `out`), encode it, and return its encoder state X^(level)
+        [B, 1, D]; known/forced [B, tokens of the chunk]."""
         m = self.model
         if level == 1:
-            out.append(self._token_chunk(cond, known, forced, sampler, keep))
-            x = m.enc_embed(out[-1][0])
+            x = m.enc_embed(self._token_chunk(cond, known, forced, sampler, out))
         else:
             span = known.shape[1] // m.config.chunk_sizes[level - 1]
             states: list[Tensor] = []
@@ -229,7 +253,7 @@ class PhotonDecoder(Slots):
                 """Decode and encode the chunk below latent j: the next input."""
                 part = slice(j * span, (j + 1) * span)
                 states.append(self._chunk(level - 1, latent, known[:, part], forced[:, part],
-                                          sampler, keep, out))
+                                          sampler, out))
                 return states[-1]
 
             m.decode_chunk(level, cond, feed)
@@ -250,19 +274,18 @@ class PhotonDecoder(Slots):
         if self.pending is not None:
             self._advance(self.pending)
         known, forced = self._known(forced)
-        out: list[tuple[Tensor, Tensor | None]] = []
+        out = _StepOutput(keep_logits, known.shape, self.model.lm_head.weight)
         if self.chunkwise:
             self.next_top = self._chunk(self.model.config.n_levels, self.top_cond, known,
-                                        forced, sampler, keep_logits, out)
+                                        forced, sampler, out)
         else:
             C = self.model.config.chunk_sizes[0]
             for s in range(self.cond.shape[1]):
                 part = slice(s * C, (s + 1) * C)
-                out.append(self._token_chunk(self.cond[:, s:s + 1], known[:, part],
-                                             forced[:, part], sampler, keep_logits))
-        self.pending = torch.cat([tokens for tokens, _ in out], dim=1)
-        logits = None if keep_logits is False else torch.cat([lg for _, lg in out], dim=1)
-        return self.pending, ~known, logits
+                self._token_chunk(self.cond[:, s:s + 1], known[:, part], forced[:, part],
+                                  sampler, out)
+        self.pending = torch.cat(out.tokens, dim=1)
+        return self.pending, ~known, out.logits
 
     def flush(self) -> None:
         """Advance the top stream past the last decoded meta-context now instead of at the

@@ -222,26 +222,22 @@ class PhotonLM(GenerationMixin, nn.Module):
             feed = lambda j, h: torch.lerp(h, teacher[:, j:j + 1].to(h.dtype), teacher_weight)
         return torch.cat(self.decode_chunk(level, cond, feed), dim=1).view(B, N * C, D)
 
-    def decode_token_chunks(self, cond: Tensor, choose: Callable[[int, Tensor], Tensor],
-                            keep: bool | Tensor = True) -> tuple[Tensor, Tensor | None]:
+    def decode_token_chunks(self, cond: Tensor, choose: Callable[[int, Tensor], Tensor]
+                            ) -> Tensor:
         """The token decoder over S chunks per sequence, one token at a time, from their
         conditioning latents cond [B, S, D]: `choose(j, logits [B, S, V])` picks token j of
-        every chunk (sampled, or forced where it is known), which the next position reads.
-        Returns (tokens [B, S, C_1], logits [B', S, C_1, V]) where the logits kept are those
-        of every sequence (`keep` True), of the rows `keep` lists, or none (False, None
-        returned): a position's logits are otherwise freed once its tokens are chosen."""
+        every chunk (sampled, or forced where it is known), which the next position reads;
+        the logits are freed once chosen unless `choose` keeps them. Returns the tokens
+        [B, S, C_1]."""
         B, S, _ = cond.shape
-        tokens, kept = [], []
+        tokens = []
 
         def feed(j: int, h: Tensor) -> Tensor:
-            logits = self.lm_head(h).view(B, S, -1)
-            tokens.append(choose(j, logits))
-            if keep is not False:
-                kept.append(logits if keep is True else logits[keep])
+            tokens.append(choose(j, self.lm_head(h).view(B, S, -1)))
             return self.dec_embed(tokens[-1].reshape(B * S, 1))
 
         self.decode_chunk(1, cond, feed)
-        return torch.stack(tokens, dim=2), torch.stack(kept, dim=2) if kept else None
+        return torch.stack(tokens, dim=2)
 
     def decode_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
         """Local decoder `level` teacher-forced, every chunk at once: it reads the R

@@ -58,8 +58,10 @@ def _sync(device: torch.device) -> None:
 
 
 def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: int,
-                 max_steps: int | None = None, seed: int = 0) -> tuple[float, float, object]:
-    """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder)."""
+                 max_steps: int | None = None, seed: int = 0, keep_logits: bool = False
+                 ) -> tuple[float, float, object]:
+    """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder).
+    `keep_logits`: every step keeps every sequence's logits (as for logprobs)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
@@ -77,7 +79,7 @@ def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: 
         _sync(device)
         t1 = time.perf_counter()
         for _ in range(steps):
-            decoder.step(greedy, keep_logits=False)
+            decoder.step(greedy, keep_logits=keep_logits)
         _sync(device)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t0, decoder
@@ -121,12 +123,13 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
-                   batches: tuple[int, int]) -> tuple[float, float]:
+                   batches: tuple[int, int], keep_logits: bool = False) -> tuple[float, float]:
     """(bytes per sample, bytes at batch 0) from peak memory at two batch sizes. A few
     decode steps reach the steady state: caches are preallocated at prefill."""
     device = next(model.parameters()).device
     peaks = [peak_bytes(lambda b=b: run_workload(model, mode, b, prompt_len, gen_len,
-                                                 max_steps=2), device) for b in batches]
+                                                 max_steps=2, keep_logits=keep_logits),
+                        device) for b in batches]
     slope = (peaks[1] - peaks[0]) / (batches[1] - batches[0])
     return slope, peaks[0] - slope * batches[0]
 
@@ -136,11 +139,11 @@ def weight_bytes(model: Model) -> int:
 
 
 def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
-                     budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)
-                     ) -> tuple[int, float]:
+                     budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8),
+                     keep_logits: bool = False) -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
     intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one
-    sequence fits."""
-    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches)
+    sequence fits. `keep_logits`: sized for steps that keep every sequence's logits."""
+    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches, keep_logits)
     room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
     return int(max(0, min(max_batch, room // max(slope, 1)))), slope

@@ -80,10 +80,12 @@ def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
     batch sizes, here for a decode-heavy workload whose caches hold `max_len` tokens (its
     cache row plus the activations of a decode step), and the batch is chosen by the same
     rule as the benchmark's (budget minus weights and the batch-independent intercept).
+    Every slot is sized as if its request asked for logprobs: such a row keeps a step's
+    logits (a meta-context's, for PHOTON) until they are read, and any row may.
     """
     prompt = min(16, max_len - 1)
     return batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
-                            max_batch=1 << 20)
+                            max_batch=1 << 20, keep_logits=True)
 
 
 class Engine:

@@ -3,7 +3,7 @@
 Modules import these plainly (`from tests.conftest import MODELS, make`). Two groups of tests,
 told apart by the `e2e` marker (registered in pyproject.toml):
 
-- quick unit tests, in this process: `python -m pytest -q -m "not e2e"`;
+- quick unit tests, in this process: `python -m pytest -q -m "not e2e and not slow"`;
 - end-to-end tests, marked `@pytest.mark.e2e`: they start a process or a server (`photon`
   commands in a subprocess, torchrun, `photon serve` on a loopback port driven over HTTP):
   `python -m pytest -q -m e2e`.

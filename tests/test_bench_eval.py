@@ -62,6 +62,19 @@ def test_memory_slope_is_the_cache_plus_little():
     assert photon_slope < slope / 4
 
 
+@pytest.mark.parametrize("kind", ["photon-B", "photon-W1-TF", "photon-L3"])
+def test_memory_per_sequence_is_the_caches_in_every_photon_mode(kind):
+    """Decode-heavy, at the batches the benchmark measures between, a sequence costs its
+    caches and little more in every mode: a step's workspace is one token chunk per
+    sequence, and prefill's is one pass whatever the batch."""
+    model = make(kind)
+    for mode in modes_of(model.config):
+        batches = workload.slope_batches(128, torch.device("cpu"))
+        slope, _ = workload.memory_profile(model, mode, 128, 2048, batches)
+        cache = workload.analytic_cache_bytes(model, mode, 128 + 2048, torch.float32)
+        assert cache <= slope <= 1.15 * cache, (mode, slope, cache)
+
+
 def test_pareto_front():
     points = [(10, 1.0), (100, 1.2), (50, 1.5), (1000, 2.0), (5, 0.9)]
     assert pareto_front(points) == [(1000, 2.0), (100, 1.2), (10, 1.0), (5, 0.9)]

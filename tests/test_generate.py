@@ -247,3 +247,19 @@ def test_a_step_keeps_only_the_logits_asked_for(kind):
                                                                           strict=True):
         assert torch.equal(t_all, t_some) and torch.equal(t_all, t_none) and l_none is None
         torch.testing.assert_close(l_some, l_all[[2, 0]])
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "photon-B", "photon-W1-TF", "photon-L3-A"])
+def test_prefill_in_passes_equals_one_pass(kind, monkeypatch):
+    """A batch whose prompts do not fit one prefill pass is prefilled pass by pass (its rows
+    admitted as slots), and decodes exactly as if prefilled at once."""
+    from photon.inference import slots
+
+    model = make(kind)
+    want, want_logits = generate(model, PROMPTS, 21, return_logits=True)
+    monkeypatch.setitem(slots.PREFILL_TOKENS, "cpu", 80)  # two of the padded 37-token prompts
+    assert slots.prefill_rows(37, torch.device("cpu")) == 2
+    got, got_logits = generate(model, PROMPTS, 21, return_logits=True)
+    assert got == want
+    for a, b in zip(got_logits, want_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -85,5 +85,5 @@ def test_compiled_static_step_equals_eager_and_never_recompiles(kind, mode):
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "mode"), [("photon-B", "recgen"), ("photon-W1-TF", "hiergen")])
 def test_inductor_compiled_static_step_equals_eager(kind, mode):
-    """The same with inductor's generated kernels (minutes of compilation on a CPU)."""
+    """The same with inductor's generated kernels (needs a C++ compiler: marked slow)."""
     check_compiled_step(kind, mode, "inductor")

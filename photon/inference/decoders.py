@@ -310,11 +310,15 @@ def compile_for_decoding(model: Model, static: bool = True, mode: str | None = N
     again, and `mode="reduce-overhead"` can capture it as a CUDA graph. Without, shapes
     are dynamic (attention reads only the filled part of a cache): the faster on a CPU,
     where there are no kernel launches to save."""
-    # Every stack and every position of a local window is a shape of its own: room for them.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # Every stack, position of a local window and batch size is a shape of its own (the
+    # benchmark alone runs five batch sizes): room for them.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     for module in model.modules():
         if isinstance(module, Stack):
-            module.compile(dynamic=not static, mode=mode, backend=backend)
+            # Static: dynamo's default, which specialises each shape and makes a dimension
+            # symbolic only once it has seen it change (CUDA graphs still record one graph
+            # per concrete shape). Dynamic: symbolic from the start.
+            module.compile(dynamic=None if static else True, mode=mode, backend=backend)
     model.static_caches = static
 
 

@@ -62,15 +62,15 @@ def test_memory_slope_is_the_cache_plus_little():
     assert photon_slope < slope / 4
 
 
-@pytest.mark.parametrize("kind", ["photon-B", "photon-W1-TF", "photon-L3"])
-def test_memory_per_sequence_is_the_caches_in_every_photon_mode(kind):
-    """Decode-heavy, at the batches the benchmark measures between, a sequence costs its
-    caches and little more in every mode: a step's workspace is one token chunk per
-    sequence, and prefill's is one pass whatever the batch."""
-    model = make(kind)
+@pytest.mark.parametrize("name", ["photon-small", "photon-small-bounded"])
+def test_memory_per_sequence_is_the_caches_in_every_photon_mode(name):
+    """The benchmark's DE workload on the small presets: a sequence costs at most 1.15x its
+    caches in every mode (a step's workspace is one token chunk per sequence; prefill's,
+    one pass whatever the batch). Measured: 1.02-1.13x."""
+    torch.manual_seed(0)
+    model = photon.build_model(name).eval()
     for mode in modes_of(model.config):
-        batches = workload.slope_batches(128, torch.device("cpu"))
-        slope, _ = workload.memory_profile(model, mode, 128, 2048, batches)
+        slope, _ = workload.memory_profile(model, mode, 128, 2048)
         cache = workload.analytic_cache_bytes(model, mode, 128 + 2048, torch.float32)
         assert cache <= slope <= 1.15 * cache, (mode, slope, cache)
 

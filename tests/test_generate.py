@@ -258,8 +258,12 @@ def test_prefill_in_passes_equals_one_pass(kind, monkeypatch):
     model = make(kind)
     want, want_logits = generate(model, PROMPTS, 21, return_logits=True)
     monkeypatch.setitem(slots.PREFILL_TOKENS, "cpu", 80)  # two of the padded 37-token prompts
-    assert slots.prefill_rows(37, torch.device("cpu")) == 2
+    passes = []
+    admit = slots.Slots.admit
+    monkeypatch.setattr(slots.Slots, "admit",
+                        lambda self, ids, *a: passes.append(len(ids)) or admit(self, ids, *a))
     got, got_logits = generate(model, PROMPTS, 21, return_logits=True)
+    assert passes == [2, 2]
     assert got == want
     for a, b in zip(got_logits, want_logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -2,8 +2,8 @@
 
 For each model and workload (PF: prompt 2048, generate 128; DE: prompt 128, generate 2048;
 random prompts, greedy, no EOS):
-- per-sample memory is the slope of peak memory between two batch sizes, by default two
-  that each fill a prefill pass (`photon.inference.workload.slope_batches`);
+- per-sample memory is the slope of the decode's peak memory between two batch sizes
+  (`photon.inference.workload.memory_profile`);
 - the batch is the largest whose predicted peak (weights + intercept + slope · batch) fits
   the memory budget;
 - throughput is generated tokens per second over the whole batch, prefill included;
@@ -25,7 +25,6 @@ from photon.inference.workload import (
     batch_for_budget,
     memory_profile,
     run_workload,
-    slope_batches,
 )
 from photon.model.lm import Model
 
@@ -63,15 +62,15 @@ class Row:
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
-            budget_gib: float, max_batch: int, batches: tuple[int, int] | None = None) -> Row:
-    """One row of the table: memory slope, the batch that fits, and its throughput;
-    `batches`: those of the slope (default `slope_batches`)."""
+            budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)) -> Row:
+    """One row of the table: memory slope, the batch that fits, and its throughput."""
     p = next(model.parameters())
     cache = analytic_cache_bytes(model, mode, prompt_len + gen_len, p.dtype)
-    batches = batches or slope_batches(prompt_len, p.device, int(budget_gib * GIB // cache))
     batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
                                     batches)
     batch = max(batch, 1)  # a budget below one sequence still measures one
+    # Untimed: a compiled model compiles this batch's shapes here, not in the timed run.
+    run_workload(model, mode, batch, prompt_len, gen_len, max_steps=2)
     prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len)
     tokens_per_s = batch * gen_len / total_s
     mem_gib, cache_row = slope / GIB, decoder.cache_bytes // batch
@@ -127,12 +126,10 @@ class SweepPoint:
 
 def context_sweep(name: str, model: Model, mode: str, contexts: list[int], batch: int,
                   gen_len: int) -> list[SweepPoint]:
-    """Per-sample memory (`slope_batches`) and decode time per token at a fixed `batch`, as
-    the prompt grows."""
+    """Per-sample memory and decode time per token as the prompt grows, at a fixed batch."""
     points = []
     for context in contexts:
-        slope, _ = memory_profile(model, mode, context, gen_len,
-                                  slope_batches(context, next(model.parameters()).device))
+        slope, _ = memory_profile(model, mode, context, gen_len, (batch, 2 * batch))
         prefill_s, total_s, decoder = run_workload(model, mode, batch, context, gen_len)
         points.append(SweepPoint(
             model=name, mode=mode_label(model.config, mode), context=context,

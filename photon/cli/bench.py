@@ -30,14 +30,12 @@ def run(args: argparse.Namespace) -> None:
         workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
-    batches = tuple(int(b) for b in args.slope_batches.split(",")) if args.slope_batches \
-        else None
+    batches = tuple(int(b) for b in args.slope_batches.split(","))
     modes = args.modes.split(",")
     models = load_models(names, device, dtype, args.compile)
     env = environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
-    print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches "
-          f"{batches or 'that fill a prefill pass (k, 4k)'}")
+    print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
     jobs = [(name, model, mode, wl, p, g) for name, model in models
             for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
@@ -129,10 +127,9 @@ def add_parser(verbs) -> None:
     p.add_argument("--budget-gib", type=float,
                    help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
     p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")
-    p.add_argument("--slope-batches",
-                   help="the two batch sizes whose peak-memory slope is the per-sample memory "
-                        "(default k,4k where k prompts fill one prefill pass: 2048 prompt "
-                        "tokens on CPU, 32768 on CUDA)")
+    p.add_argument("--slope-batches", default="2,8",
+                   help="the two batch sizes whose slope of the decode's peak memory is the "
+                        "per-sample memory")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["bf16", "fp32"],
                    help="default bf16 on CUDA, fp32 on CPU (faster than bf16 for small "

@@ -40,6 +40,9 @@ class KVCache:
         # A static cache's positions come from the device copy: a step reads no host value.
         self.device_lengths = torch.zeros(batch, dtype=torch.long, device=device) \
             if static else None
+        if static:  # buffers a captured step updates in place, at fixed addresses (gpt-fast)
+            for t in (self.k, self.v, self.device_lengths):
+                torch._dynamo.mark_static_address(t)
         self._start: int | None = 0
         self._positions: Tensor | None = None
         self._end = 0

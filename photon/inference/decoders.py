@@ -66,7 +66,7 @@ class FlatDecoder(Slots):
         """Next token of every sequence: (tokens [B, 1], new [B, 1], logits [B', 1, V]);
         `keep_logits` as `PhotonDecoder.step`."""
         if self.pending is not None:
-            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+            self._feed_pending()
         logits = self.next_logits
         tokens = sampler(logits) if forced is None else forced
         self.pending = tokens
@@ -77,8 +77,13 @@ class FlatDecoder(Slots):
     def flush(self) -> None:
         """Feed the last step's tokens into the cache now instead of at the next step."""
         if self.pending is not None:
-            self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
+            self._feed_pending()
             self.pending = None
+
+    def _feed_pending(self) -> None:
+        if self.cache.static:  # a compiled step does not check the room itself
+            self.cache.check_room(1)
+        self.next_logits = self.model.lm_head(self.model.hidden(self.pending, self.cache))
 
     def _slot_caches(self) -> list[KVCache | None]:
         return [self.cache]
@@ -202,8 +207,10 @@ class PhotonDecoder(Slots):
         if self.chunkwise:
             top, self.next_top = self.next_top, None  # encoded chunk by chunk in step()
         elif self.mode == "hiergen":
+            self._check_room()
             top = self._encode(tokens)
         else:
+            self._check_room()
             top = self.model.encode_level(self.model.config.n_levels, self.recons[0],
                                           self.caches[-1])
         self._plan(top)
@@ -269,7 +276,7 @@ class PhotonDecoder(Slots):
         of every sequence (True), of the rows a tensor lists, or none (False: None is
         returned, and no position's logits outlive the choice of its tokens).
         """
-        if self.pending is not None or self.chunkwise:  # this step encodes a meta-context
+        if self.chunkwise:  # this step encodes its meta-context as it decodes it
             self._check_room()
         if self.pending is not None:
             self._advance(self.pending)
@@ -311,14 +318,15 @@ def compile_for_decoding(model: Model, static: bool = True, mode: str | None = N
     are dynamic (attention reads only the filled part of a cache): the faster on a CPU,
     where there are no kernel launches to save."""
     # Every stack, position of a local window and batch size is a shape of its own (the
-    # benchmark alone runs five batch sizes): room for them.
+    # benchmark alone runs several batch sizes): room for them.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     for module in model.modules():
         if isinstance(module, Stack):
-            # Static: dynamo's default, which specialises each shape and makes a dimension
-            # symbolic only once it has seen it change (CUDA graphs still record one graph
-            # per concrete shape). Dynamic: symbolic from the start.
-            module.compile(dynamic=None if static else True, mode=mode, backend=backend)
+            module.compile(dynamic=not static, mode=mode, backend=backend)
+    if static:
+        # Each shape its own graph: a dimension made symbolic after it changed would turn
+        # `T > 1` in attention into a symbolic bool, which SDPA refuses (a graph break).
+        torch._dynamo.config.automatic_dynamic_shapes = False
     model.static_caches = static
 
 

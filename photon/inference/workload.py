@@ -3,10 +3,10 @@ what `photon serve` sizes its slots with (both at run time, on the machine at ha
 
 Per-sample memory is the slope of peak memory between two batch sizes (caches and the
 activations of a decode step, not only KV); on CUDA from `torch.cuda.max_memory_allocated`,
-on the CPU from the profiler's allocation trace of the same run. Prefill takes a bounded
-number of prompts per pass (`photon.inference.slots.prefill_rows`), so `slope_batches` picks
-two batches that both fill a pass: the slope is then what one more sequence costs at a
-protocol-sized batch, not a share of one pass's workspace.
+on the CPU from the profiler's allocation trace of the same run. The slope is taken over
+the decode steps' peak: prefill runs a bounded number of prompts per pass
+(`photon.inference.slots.prefill_rows`), so its peak is one pass's workspace above the
+caches whatever the batch, and enters the intercept, not the slope.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torch
 from photon.device import GIB
 from photon.inference.decoders import make_decoder
 from photon.inference.sampling import make_sampler
-from photon.inference.slots import prefill_rows
 from photon.model.config import PhotonConfig
 from photon.model.lm import Model
 
@@ -41,27 +40,18 @@ def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dt
                // c.tokens_per_position(level)) for level in c.cached_levels(mode))
 
 
-def slope_batches(prompt_len: int, device: torch.device, most: int | None = None
-                  ) -> tuple[int, int]:
-    """(k, 4k): the batches between which the benchmark measures memory per sequence; k
-    prompts of `prompt_len` tokens fill one prefill pass, unless 4k would exceed `most`
-    (the batch whose caches fill the memory budget); k >= 2."""
-    k = prefill_rows(prompt_len, device)
-    if most is not None:
-        k = min(k, most // 4)
-    return max(2, k), 4 * max(2, k)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: int,
-                 max_steps: int | None = None, seed: int = 0, keep_logits: bool = False
+                 max_steps: int | None = None, seed: int = 0, keep_logits: bool = False,
+                 after_prefill: Callable[[], None] | None = None
                  ) -> tuple[float, float, object]:
     """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder).
-    `keep_logits`: every step keeps every sequence's logits (as for logprobs)."""
+    `keep_logits`: every step keeps every sequence's logits (as for logprobs);
+    `after_prefill` is called between the two phases."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
@@ -78,6 +68,8 @@ def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: 
         decoder.prefill(ids, torch.full((batch,), prompt_len))
         _sync(device)
         t1 = time.perf_counter()
+        if after_prefill is not None:
+            after_prefill()
         for _ in range(steps):
             decoder.step(greedy, keep_logits=keep_logits)
         _sync(device)
@@ -99,39 +91,67 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes of tensors allocated while `fn` runs, above what was live before."""
+def phase_peaks(fn: Callable[[Callable[[], None]], object], device: torch.device) -> list[int]:
+    """Peak bytes of tensors allocated while `fn` runs, above what was live before, in each
+    of its phases: `fn(mark)` calls `mark()` to end one phase and start the next."""
+    peaks: list[int] = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
+        torch.cuda.reset_peak_memory_stats(device)
+
+        def mark() -> None:
+            torch.cuda.synchronize(device)
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+            torch.cuda.reset_peak_memory_stats(device)
+
+        fn(mark)
+        mark()
+        return peaks
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def mark_cpu() -> None:
+        with record_function(_PHASE):
+            pass
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+        fn(mark_cpu)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})]
-    return max(totals, default=0)
+    bounds = sorted(e["ts"] for e in events if e.get("name") == _PHASE) + [math.inf]
+    peaks = [0] * len(bounds)
+    for e in events:
+        if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {}):
+            phase = next(i for i, end in enumerate(bounds) if e["ts"] < end)
+            peaks[phase] = max(peaks[phase], e["args"]["Total Allocated"])
+    return peaks
+
+
+_PHASE = "photon.workload.phase"
 
 
 def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
-                   batches: tuple[int, int], keep_logits: bool = False) -> tuple[float, float]:
-    """(bytes per sample, bytes at batch 0) from peak memory at two batch sizes. A few
-    decode steps reach the steady state: caches are preallocated at prefill."""
+                   batches: tuple[int, int] = (2, 8), keep_logits: bool = False
+                   ) -> tuple[float, float]:
+    """(bytes per sample, bytes at batch 0) of a decode-heavy workload's peak memory.
+
+    Bytes per sample are the slope, between two batch sizes, of the peak while decoding
+    (caches, per-sequence state and a step's workspace; a few steps reach the steady state,
+    caches are preallocated). The prefill's peak, one pass's workspace above the caches
+    whatever the batch, enters the intercept: both peaks lie under slope * batch +
+    intercept."""
     device = next(model.parameters()).device
-    peaks = [peak_bytes(lambda b=b: run_workload(model, mode, b, prompt_len, gen_len,
-                                                 max_steps=2, keep_logits=keep_logits),
-                        device) for b in batches]
-    slope = (peaks[1] - peaks[0]) / (batches[1] - batches[0])
-    return slope, peaks[0] - slope * batches[0]
+    peaks = [phase_peaks(lambda mark, b=b: run_workload(
+        model, mode, b, prompt_len, gen_len, max_steps=2, keep_logits=keep_logits,
+        after_prefill=mark), device) for b in batches]
+    (prefill0, decode0), (prefill1, decode1) = peaks
+    slope = (decode1 - decode0) / (batches[1] - batches[0])
+    intercept = max(peak - slope * b for b, phase in zip(batches, peaks, strict=True)
+                    for peak in phase)
+    return slope, intercept
 
 
 def weight_bytes(model: Model) -> int:

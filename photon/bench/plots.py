@@ -22,7 +22,7 @@ def plot_rows(rows: list[Row], path: str) -> None:
         mine = [r for r in rows if r.workload == workload]
         names = [label(r.model, r.mode) for r in mine]
         top, bottom = axes[0][col], axes[1][col]
-        bars = top.bar(names, [r.vs_vanilla or 0 for r in mine])
+        bars = top.bar(names, [r.vs_vanilla or float("nan") for r in mine])  # no vanilla row
         top.bar_label(bars, fmt="%.0fx", fontsize=8)
         top.set_yscale("log")
         top.set_title(f"{workload}: TPM relative to vanilla")

@@ -290,3 +290,18 @@ def test_generate_tiny_temperature_is_greedy(run_dir, capsys):
         assert "Traceback" not in captured.err
         outputs.append(captured.out)
     assert outputs[0] == outputs[1] and outputs[0].startswith("hi")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--slope-batches", "abc"], "--slope-batches"),
+    (["--slope-batches", "8"], "2 different numbers"),
+    (["--slope-batches", "8,8"], "2 different numbers"),
+    (["--slope-batches", "0,4"], ">= 1"),
+    (["--budget-gib", "-1"], "--budget-gib"),
+    (["--max-batch", "0"], "--max-batch"),
+    (["--workloads", "XX"], "'XX'"),
+    (["--sweep", "0,512"], "--sweep"),
+])
+def test_bench_settings_are_checked_before_any_model(capsys, args, needle):
+    assert main(["bench", "--quick", "--models", "no-such-preset", *args]) == 2
+    one_line_error(capsys, "bench", needle)

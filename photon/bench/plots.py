@@ -22,10 +22,11 @@ def plot_rows(rows: list[Row], path: str) -> None:
         mine = [r for r in rows if r.workload == workload]
         names = [label(r.model, r.mode) for r in mine]
         top, bottom = axes[0][col], axes[1][col]
-        bars = top.bar(names, [r.vs_vanilla or float("nan") for r in mine])  # no vanilla row
-        top.bar_label(bars, fmt="%.0fx", fontsize=8)
+        bars = top.bar(names, [r.tpm for r in mine])
+        top.bar_label(bars, fontsize=8, labels=[
+            "" if r.vs_vanilla is None else f"{r.vs_vanilla:,.0f}x" for r in mine])
         top.set_yscale("log")
-        top.set_title(f"{workload}: TPM relative to vanilla")
+        top.set_title(f"{workload}: TPM (K tokens/s/GiB), labelled relative to vanilla")
         bottom.bar(names, [r.mem_per_sample_gib * 1024 for r in mine], label="memory per sample")
         bottom.bar(names, [r.cache_bytes_per_sample / 2**20 for r in mine], width=0.5,
                    label="its KV caches")

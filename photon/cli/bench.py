@@ -7,10 +7,40 @@ import json
 import os
 from dataclasses import asdict
 
+from photon.errors import InputError
 from photon.inference.modes import MODES
 
 
+def _positive_ints(flag: str, text: str, count: int | None = None) -> list[int]:
+    """Comma-separated integers >= 1 (exactly `count` of them, all different, if given)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag}: expected comma-separated whole numbers, got {text!r}") from None
+    if min(values) < 1 or (count and (len(values) != count or len(set(values)) != count)):
+        need = f"{count} different numbers" if count else "numbers"
+        raise InputError(f"{flag}: expected {need} >= 1, got {text!r}")
+    return values
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse settings the protocol cannot run with, before any model is built."""
+    for flag in ("prompt_len", "gen_len", "max_batch", "threads", "sweep_batch", "sweep_gen"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.budget_gib is not None and not 0 < args.budget_gib < float("inf"):
+        raise InputError(f"--budget-gib must be a positive number, got {args.budget_gib}")
+    unknown = set(args.workloads.split(",")) - {"PF", "DE"}  # protocol.WORKLOADS
+    if unknown:
+        raise InputError(f"--workloads: unknown {sorted(unknown)}; choose from PF, DE")
+    _positive_ints("--slope-batches", args.slope_batches, count=2)
+    if args.sweep:
+        _positive_ints("--sweep", args.sweep)
+
+
 def run(args: argparse.Namespace) -> None:
+    _check(args)
     import torch
     from tqdm import tqdm
 
@@ -30,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
-    batches = tuple(int(b) for b in args.slope_batches.split(","))
+    batches = tuple(_positive_ints("--slope-batches", args.slope_batches, count=2))
     modes = args.modes.split(",")
     models = load_models(names, device, dtype, args.compile)
     env = environment(device, dtype)
@@ -49,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     plots.plot_rows(rows, os.path.join(args.out, "bench.png"))
     print(f"plot: {os.path.join(args.out, 'bench.png')}")
     if args.sweep or args.quick:
-        contexts = [int(c) for c in (args.sweep or "32,128").split(",")]
+        contexts = _positive_ints("--sweep", args.sweep or "32,128")
         points = []
         sweep_jobs = [(name, model, mode) for name, model in models
                       for mode in modes_of(model.config, modes)]

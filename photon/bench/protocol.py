@@ -14,8 +14,7 @@ attention PHOTON uses, so the comparison isolates the architecture.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from photon.bench.roofline import roofline
 from photon.device import GIB
@@ -106,10 +105,6 @@ def format_table(rows: list[Row]) -> str:
                      f"{r.prefill_s:>10.3f}{ratio(r.vs_vanilla):>11}{ratio(r.vs_block):>9}"
                      f"{r.decode_gflops:>9.1f}{r.matmul_fraction:>7.0%}")
     return "\n".join(lines)
-
-
-def rows_json(rows: list[Row], env: dict) -> str:
-    return json.dumps({**env, "rows": [asdict(r) for r in rows]})
 
 
 @dataclass

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from photon.inference.workload import analytic_cache_bytes, weight_bytes
 from photon.model.flops import decode_flops_per_token
 from photon.model.lm import Model
 
@@ -73,8 +74,7 @@ def roofline(model: Model, mode: str, batch: int, context: float, tokens_per_s: 
            "matmul_gflops": peak / 1e9, "matmul_fraction": achieved / peak,
            "mlp_gflops": rates["mlp"] / 1e9, "head_gflops": rates["head"] / 1e9}
     if c.kind == "vanilla":
-        weights = sum(t.nbytes for t in model.parameters())
-        cache = 2 * c.n_layers * c.d_model * p.element_size() * context
-        out["read_gbs"] = tokens_per_s * (weights / batch + cache) / 1e9
+        cache = analytic_cache_bytes(model, mode, int(context), p.dtype)
+        out["read_gbs"] = tokens_per_s * (weight_bytes(model) / batch + cache) / 1e9
         out["copy_gbs"] = copy_bandwidth(p.device) / 1e9
     return out

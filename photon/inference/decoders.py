@@ -142,13 +142,10 @@ class PhotonDecoder(Slots):
         cached = c.cached_levels(mode)
         self.caches = [
             KVCache(c.encoder_layers[level - 1], batch, c.n_heads, c.head_dim,
-                    metas * self.positions_per_meta(level), p.device, p.dtype, static)
+                    metas * c.positions_per_meta(level), p.device, p.dtype, static)
             if level in cached else None
             for level in range(1, c.n_levels + 1)
         ]
-
-    def positions_per_meta(self, level: int) -> int:
-        return self.P // self.model.config.tokens_per_position(level)
 
     @property
     def cache_bytes(self) -> int:
@@ -158,7 +155,7 @@ class PhotonDecoder(Slots):
         """Encode whole meta-contexts into the caches; returns the top states."""
         x = self.model.enc_embed(ids)
         for level, cache in enumerate(self.caches, start=1):
-            n = None if advance is None else advance * self.positions_per_meta(level)
+            n = None if advance is None else advance * self.model.config.positions_per_meta(level)
             x = self.model.encode_level(level, x, cache, n)
         return x
 
@@ -200,7 +197,7 @@ class PhotonDecoder(Slots):
         compiled step does not check it itself."""
         for level, cache in enumerate(self.caches, start=1):
             if cache is not None and cache.static:
-                cache.check_room(self.positions_per_meta(level))
+                cache.check_room(self.model.config.positions_per_meta(level))
 
     def _advance(self, tokens: Tensor) -> None:
         """Move the top stream past the meta-context just decoded."""
@@ -236,12 +233,12 @@ class PhotonDecoder(Slots):
         start = out.n_tokens
 
         def choose(j: int, logits: Tensor) -> Tensor:
-            out.keep_logits(start + j, logits[:, 0])
+            out.keep_logits(start + j, logits)
             if sampler is None:
-                return forced[:, None, j]
-            return torch.where(known[:, None, j], forced[:, None, j], sampler(logits))
+                return forced[:, j]
+            return torch.where(known[:, j], forced[:, j], sampler(logits))
 
-        out.tokens.append(self.model.decode_token_chunks(cond, choose)[:, 0])
+        out.tokens.append(self.model.decode_token_chunk(cond, choose))
         return out.tokens[-1]
 
     def _chunk(self, level: int, cond: Tensor, known: Tensor, forced: Tensor,

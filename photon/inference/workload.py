@@ -36,8 +36,8 @@ def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dt
     if not isinstance(c, PhotonConfig):
         return entry * c.n_layers * capacity
     metas = math.ceil(capacity / c.meta_len)
-    return sum(entry * c.encoder_layers[level - 1] * metas * (c.meta_len
-               // c.tokens_per_position(level)) for level in c.cached_levels(mode))
+    return sum(entry * c.encoder_layers[level - 1] * metas * c.positions_per_meta(level)
+               for level in c.cached_levels(mode))
 
 
 def _sync(device: torch.device) -> None:

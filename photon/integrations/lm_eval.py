@@ -40,6 +40,7 @@ from photon.errors import InputError
 from photon.evaluation.perplexity import evaluate_text, mode_logits
 from photon.inference.generate import generate_text
 from photon.inference.modes import check_mode
+from photon.inference.prompts import pad_prompts
 from photon.model.lm import PhotonLM, token_nll
 
 log = logging.getLogger(__name__)
@@ -152,11 +153,9 @@ class PhotonHarnessLM(TemplateLM):
     def _score(self, batch: list[tuple[int, list[int], int]]) -> list[tuple[float, bool]]:
         """(log-likelihood, greedy) of the tokens after each prompt, for one group's batch.
         Rows are right-padded: a causal model's logits at real positions never see it."""
-        width = max(len(tokens) for _, tokens, _ in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        ids, _ = pad_prompts([tokens for _, tokens, _ in batch], "cpu")
         labels = torch.full_like(ids, -100)  # only the continuation is scored
         for row, (_, tokens, prompt) in enumerate(batch):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
             labels[row, prompt:len(tokens)] = ids[row, prompt:len(tokens)]
         logits = mode_logits(self.model, ids.to(self._device), batch[0][2], self.mode)
         nll = token_nll(logits, labels.to(logits.device))

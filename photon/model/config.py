@@ -160,6 +160,10 @@ class PhotonConfig(_Common):
         """Tokens summarised by one position of level `level` (1-based)."""
         return math.prod(self.chunk_sizes[:level])
 
+    def positions_per_meta(self, level: int) -> int:
+        """Positions of level `level` in one meta-context (what decoding caches per step)."""
+        return self.meta_len // self.tokens_per_position(level)
+
     def encoder_window_of(self, level: int) -> int:
         """Attention window of the level-`level` context encoder (0: global)."""
         return self.encoder_window if level < self.n_levels else 0

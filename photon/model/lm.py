@@ -222,22 +222,20 @@ class PhotonLM(GenerationMixin, nn.Module):
             feed = lambda j, h: torch.lerp(h, teacher[:, j:j + 1].to(h.dtype), teacher_weight)
         return torch.cat(self.decode_chunk(level, cond, feed), dim=1).view(B, N * C, D)
 
-    def decode_token_chunks(self, cond: Tensor, choose: Callable[[int, Tensor], Tensor]
-                            ) -> Tensor:
-        """The token decoder over S chunks per sequence, one token at a time, from their
-        conditioning latents cond [B, S, D]: `choose(j, logits [B, S, V])` picks token j of
-        every chunk (sampled, or forced where it is known), which the next position reads;
-        the logits are freed once chosen unless `choose` keeps them. Returns the tokens
-        [B, S, C_1]."""
-        B, S, _ = cond.shape
+    def decode_token_chunk(self, cond: Tensor, choose: Callable[[int, Tensor], Tensor]
+                           ) -> Tensor:
+        """The token decoder over one chunk per sequence, one token at a time, from its
+        conditioning latent cond [B, 1, D]: `choose(j, logits [B, V])` picks token j [B]
+        (sampled, or forced where it is known), which the next position reads; the logits
+        are freed once chosen unless `choose` keeps them. Returns the tokens [B, C_1]."""
         tokens = []
 
         def feed(j: int, h: Tensor) -> Tensor:
-            tokens.append(choose(j, self.lm_head(h).view(B, S, -1)))
-            return self.dec_embed(tokens[-1].reshape(B * S, 1))
+            tokens.append(choose(j, self.lm_head(h[:, 0])))
+            return self.dec_embed(tokens[-1][:, None])
 
         self.decode_chunk(1, cond, feed)
-        return torch.stack(tokens, dim=2)
+        return torch.stack(tokens, dim=1)
 
     def decode_forced(self, level: int, cond: Tensor, inputs: Tensor) -> Tensor:
         """Local decoder `level` teacher-forced, every chunk at once: it reads the R

@@ -62,7 +62,6 @@ class ModelRunner:
         return new_rows
 
     @torch.no_grad()
-    @torch.no_grad()
     def score(self, prompts: list[list[int]], top: int) -> list[Logprobs]:
         """Teacher-forced log-probabilities of every prompt's tokens after its first: one
         forward pass over the prompts, right-padded (a causal model's logits at real
@@ -91,7 +90,7 @@ class ModelRunner:
         tokens, new, logits = self.decoder.step(self.sampler, None, keep)  # keep_logits
         rows = {}
         if want:  # only these rows' logits were kept
-            picked = chosen_logprobs(logits, tokens[want], max(logprobs.values()))
+            picked = chosen_logprobs(logits, tokens[keep], max(logprobs.values()))
             per_row = _as_lists(picked)
             rows = {r: tuple(None if t is None else t[i] for t in per_row)
                     for i, r in enumerate(want)}

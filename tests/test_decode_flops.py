@@ -14,8 +14,9 @@ from tests.conftest import make
     ("photon-B", "recgen"), ("photon-A", "hiergen"), ("photon-W1-TF", "hiergen"),
     ("photon-L3", "hiergen"), ("photon-L3", "recgen"), ("photon-L3-W2", "hiergen")])
 def test_decode_flops_per_token_counts_the_matmuls_a_step_runs(kind, mode):
-    """torch's FLOP counter over one steady-state step (matmuls; SDPA on the CPU is not
-    counted), per generated token, equals decode_flops_per_token's matmul part exactly."""
+    """torch's FLOP counter over one steady-state step (the weight matmuls, mm and addmm; a
+    local window's attention runs as bmm on the CPU and is the attention part), per generated
+    token, equals decode_flops_per_token's matmul part exactly."""
     model = make(kind)
     decoder = make_decoder(model, mode, 3, 128)
     greedy = lambda logits: logits.argmax(-1)
@@ -24,7 +25,8 @@ def test_decode_flops_per_token_counts_the_matmuls_a_step_runs(kind, mode):
         decoder.step(greedy, None, False)  # the next step also encodes this one's tokens
         with FlopCounterMode(display=False) as counter:
             _, new, _ = decoder.step(greedy, None, False)
-    counted = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "mm" in str(op))
+    counts = counter.get_flop_counts()["Global"]
+    counted = sum(n for op, n in counts.items() if str(op) in ("aten.mm", "aten.addmm"))
     matmul, attention = decode_flops_per_token(model.config, mode, context=48)
     assert counted / new.sum().item() == matmul  # every sequence of the batch
     assert attention > 0

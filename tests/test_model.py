@@ -211,3 +211,31 @@ def test_cli_info_json(capsys):
 def test_cli_unknown_name(capsys):
     assert cli_main(["info", "photon-7b"]) == 2
     assert "photon-tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("T,S,masked", [(1, 5, False), (2, 2, False), (3, 6, True), (1, 40, False)])
+def test_attention_at_decode_shapes_equals_sdpa(dtype, tol, T, S, masked):
+    """`attend` takes explicit matmuls for a small window on the CPU, SDPA elsewhere: both
+    give SDPA's attention, with its causal rule and its masks."""
+    import torch.nn.functional as F
+
+    from photon.model.layers import attend, window_mask
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 8, generator=g).to(dtype) for n in (T, S, S))
+    mask = window_mask(torch.arange(S - T, S)[None].repeat(3, 1), S, window=2) \
+        if masked else None
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                              attn_mask=mask, is_causal=mask is None and T > 1)
+    with torch.no_grad():
+        got = attend(q, k, v, mask)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+
+
+def test_greedy_takes_the_first_of_tied_maxima():
+    from photon.inference.sampling import greedy
+
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [3.0, 3.0, 3.0, 3.0]]).to(torch.bfloat16)
+    assert greedy(logits).tolist() == [1, 0] == logits.argmax(-1).tolist()

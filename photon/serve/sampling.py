@@ -20,6 +20,7 @@ from photon.inference.sampling import (
     GREEDY_BELOW,
     Sampler,
     check_sampling,
+    greedy,
     make_sampler,
     seeded_generator,
 )
@@ -81,7 +82,7 @@ class BatchSampler:
     def __call__(self, logits: Tensor) -> Tensor:
         """Every row's tokens. A group whose sampler fails takes the argmax instead and its
         rows are listed in `failed`, so only their requests are failed, not the batch."""
-        tokens = logits.argmax(-1)
+        tokens = greedy(logits)
         for rows, sample in self.groups:
             try:
                 tokens[rows] = sample(logits[rows])

@@ -292,13 +292,24 @@ def test_generate_tiny_temperature_is_greedy(run_dir, capsys):
     assert outputs[0] == outputs[1] and outputs[0].startswith("hi")
 
 
-def test_generate_in_bf16(run_dir, capsys):
-    """--dtype bf16 decodes in bf16: the same prompt, new text, no error; a greedy bf16
-    decode of an untrained model may differ from fp32's, so only its form is checked."""
-    assert main(["generate", str(run_dir), "--prompt", "hi", "--max-new-tokens", "12",
-                 "--dtype", "bf16"]) == 0
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and captured.out.startswith("hi")
+def test_generate_in_bf16(run_dir, capsys, monkeypatch):
+    """--dtype bf16 decodes with a bf16 model; an unknown dtype is refused by argparse."""
+    import photon.inference.generate as generation
+
+    dtypes = []
+    decode = generation.generate_text
+
+    def recording(model, *args, **kwargs):
+        dtypes.append(next(model.parameters()).dtype)
+        return decode(model, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_text", recording)
+    for dtype in ("bf16", "fp32"):
+        assert main(["generate", str(run_dir), "--prompt", "hi", "--max-new-tokens", "12",
+                     "--dtype", dtype]) == 0
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err and captured.out.startswith("hi")
+    assert dtypes == [torch.bfloat16, torch.float32]
     with pytest.raises(SystemExit) as exit_:
         main(["generate", str(run_dir), "--prompt", "hi", "--dtype", "fp8"])
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err

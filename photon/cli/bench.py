@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict
 
+from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import InputError
 from photon.inference.modes import MODES
 
@@ -161,9 +162,7 @@ def add_parser(verbs) -> None:
                    help="the two batch sizes whose slope of the decode's peak memory is the "
                         "per-sample memory")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"],
-                   help="default bf16 on CUDA, fp32 on CPU (faster than bf16 for small "
-                        "inference matmuls on CPU)")
+    p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every model's Transformer stacks for decoding: static "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.device import DTYPE_HELP, DTYPES
 from photon.inference.modes import MODES
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     check_sampling(args.temperature, args.top_k, args.top_p, args.seed)  # before any output
     device, dtype = device_and_dtype(args.device or "cpu", args.dtype)
     model, tokenizer = load_model(args.checkpoint, device=device)
-    model = model.to(dtype).eval()
+    model = model.to(dtype)
     single = len(prompts) == 1
     echoed = False
 
@@ -87,7 +88,5 @@ def add_parser(verbs) -> None:
                    help="cache capacity in tokens (default: longest prompt + "
                         "max-new-tokens); a request that needs more is refused")
     p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--dtype", choices=["bf16", "fp32"],
-                   help="default bf16 on CUDA, fp32 on the CPU; on a CPU with AVX512-BF16 or "
-                        "AMX, bf16 decodes PHOTON about twice as fast (README, Benchmark)")
+    p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.set_defaults(run=run)

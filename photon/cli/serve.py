@@ -10,6 +10,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import DependencyError, InputError
 from photon.inference.modes import MODES
 
@@ -223,8 +224,7 @@ def add_parser(verbs) -> None:
     p.add_argument("--seed", type=int, help="seed of the generator unseeded requests share")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", choices=["bf16", "fp32"],
-                   help="default bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request")

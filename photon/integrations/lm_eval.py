@@ -41,6 +41,7 @@ from photon.evaluation.perplexity import evaluate_text, mode_logits
 from photon.inference.generate import generate_text
 from photon.inference.modes import check_mode
 from photon.inference.prompts import pad_prompts
+from photon.inference.sampling import greedy
 from photon.model.lm import PhotonLM, token_nll
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,9 @@ class PhotonHarnessLM(TemplateLM):
         scores = []
         for row, (_, tokens, prompt) in enumerate(batch):
             span = slice(prompt - 1, len(tokens) - 1)  # logits[:, i] predicts token i + 1
-            greedy = logits[row, span].argmax(-1) == labels[row, prompt:len(tokens)].to(
+            is_greedy = greedy(logits[row, span]) == labels[row, prompt:len(tokens)].to(
                 logits.device)
-            scores.append((-nll[row, span].double().sum().item(), bool(greedy.all())))
+            scores.append((-nll[row, span].double().sum().item(), bool(is_greedy.all())))
         return scores
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

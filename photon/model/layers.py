@@ -36,12 +36,24 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, base: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("inv_freq", self._frequencies(), persistent=False)
+
+    def _frequencies(self, device: torch.device | str | None = None) -> Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+        return 1.0 / self.base ** (exponents / self.head_dim)
+
+    def _apply(self, fn, recurse: bool = True):
+        # A cast of the model (`.to(torch.bfloat16)`) must not round the frequencies or the
+        # positions: in bf16, positions 1,000, 1,001 and 1,002 all get the same angles.
+        super()._apply(fn, recurse)
+        self.inv_freq = self._frequencies(self.inv_freq.device)
+        return self
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of shape [B or 1, 1, T, head_dim/2] for positions [B or 1, T]."""
-        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        """cos and sin in fp32, of shape [B or 1, 1, T, head_dim/2], for positions [B or 1,
+        T]."""
+        angles = positions.float()[..., None] * self.inv_freq
         return angles.cos()[:, None], angles.sin()[:, None]
 
 
@@ -89,11 +101,11 @@ class Attention(nn.Module):
 
 
 # A local window on a CPU: a few keys per sequence. There SDPA's flash kernel costs more
-# than the attention itself (8 heads of 32, 256 sequences, 5 keys: 355 us in fp32, 787 us in
-# bf16, against 244 us and 383 us for the matmuls in `attend`). Over long caches (sliced views
-# of preallocated buffers) it is the better kernel, in bf16 by up to 2.4x, so global caches and
-# the flat model keep it. One rule for training and decoding: a window's logits do not depend
-# on whether gradients are on.
+# than the attention itself (docs/bench_memory/s7/kernels.txt: 256 sequences, 5 keys, about
+# 1.5x in fp32 and 2.5x in bf16). Over more keys SDPA stays, the better kernel on long caches
+# (up to 2.4x in bf16): the flat model and the global caches read through it once past their
+# first 16 positions. One rule for training and decoding: a window's logits do not depend on
+# whether gradients are on.
 SMALL_WINDOW = 16
 
 
@@ -106,12 +118,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     if q.device.type != "cpu" or S > SMALL_WINDOW:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=mask is None and T > 1)
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    # In fp32 throughout, as SDPA accumulates: bf16 scores would lose what softmax needs
+    # (and fp32 matmuls are the faster ones at these sizes).
+    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is None and T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         scores = scores.masked_fill(~mask, -math.inf)
-    return scores.softmax(-1).to(v.dtype) @ v
+    return (scores.softmax(-1) @ v.float()).to(v.dtype)
 
 
 class SwiGLU(nn.Module):

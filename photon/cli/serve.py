@@ -162,6 +162,11 @@ def serve_forever(engine: Engine, server: uvicorn.Server, sock: socket.socket,
     if http_failed:
         raise http_failed[0]
     for sig in reversed(received):
+        # End by the signal even where it was ignored when the process started (a shell's
+        # background job ignores SIGINT): the handler above did take it.
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
         signal.raise_signal(sig)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -65,11 +67,27 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def source_commit() -> str | None:
+    """The git commit photon runs from (with "+changes" when its files differ from it), or
+    None outside a git checkout: results say which code measured them."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--", "photon") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
     """Device, dtype, threads and versions: stored next to every measurement."""
     info = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine()}
+            "python": platform.python_version(), "machine": platform.machine(),
+            "commit": source_commit()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:

@@ -1,6 +1,8 @@
 """Benchmark protocol, evaluation, and the generate / eval / bench commands."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -84,6 +86,10 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     assert cli_main(["bench", "--quick", "--json", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["threads"] >= 1
+    head = subprocess.run(["git", "-C", os.path.dirname(photon.__file__), "rev-parse",
+                           "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: results name the commit that measured them
+        assert out["commit"].split("+")[0] == head.stdout.strip()
     rows = out["rows"]
     assert {(r["kind"], r["mode"], r["workload"]) for r in rows} == {
         (k, m, w) for k, m in [("vanilla", "-"), ("block", "hiergen"), ("photon", "hiergen"),

@@ -12,6 +12,7 @@ from photon.bench.plots import pareto_front
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.tokenizer import Tokenizer
+from photon.device import source_commit
 from photon.evaluation.perplexity import evaluate_tokens, windows
 from photon.inference import workload
 from photon.inference.modes import modes_of
@@ -86,10 +87,7 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     assert cli_main(["bench", "--quick", "--json", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["threads"] >= 1
-    head = subprocess.run(["git", "-C", os.path.dirname(photon.__file__), "rev-parse",
-                           "--short", "HEAD"], capture_output=True, text=True)
-    if head.returncode == 0:  # a git checkout: results name the commit that measured them
-        assert out["commit"].split("+")[0] == head.stdout.strip()
+    assert out["commit"] == source_commit()
     rows = out["rows"]
     assert {(r["kind"], r["mode"], r["workload"]) for r in rows} == {
         (k, m, w) for k, m in [("vanilla", "-"), ("block", "hiergen"), ("photon", "hiergen"),
@@ -103,6 +101,17 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
     assert (tmp_path / "context_sweep.png").stat().st_size > 1000
     assert (tmp_path / "bench.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows
+
+
+@pytest.mark.e2e
+def test_results_name_the_commit_that_measured_them():
+    """In a git checkout, `source_commit` is git's HEAD (with "+changes" when photon's files
+    differ from it); outside one, None."""
+    head = subprocess.run(["git", "-C", os.path.dirname(photon.__file__), "rev-parse",
+                           "--short", "HEAD"], capture_output=True, text=True)
+    expected = head.stdout.strip() if head.returncode == 0 else None
+    got = source_commit()
+    assert (got.split("+")[0] if got else None) == expected
 
 
 @pytest.fixture

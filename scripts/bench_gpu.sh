@@ -10,8 +10,8 @@
 #   bash scripts/bench_gpu.sh [OUT]      # BUDGET_GIB (default 100), MAX_BATCH (4096),
 #                                        # SIZE (600m; 900m, 1.2b), COMPILE (1; 0: eager)
 set -euo pipefail
-out=${1:-runs/bench-${SIZE:-600m}}
 size=${SIZE:-600m}
+out=${1:-runs/bench-$size}
 mkdir -p "$out"
 start=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"

@@ -37,6 +37,7 @@ from photon.device import environment
 from photon.evaluation.perplexity import evaluate_text
 from photon.evaluation.probe import probe, unigram_logprobs
 from photon.inference.modes import mode_label, modes_of
+from photon.inference.workload import SLOPE_BATCHES
 from photon.model.lm import PhotonLM
 
 MODELS = ["vanilla-small", "block-small", "photon-small", "photon-small-bounded",
@@ -117,7 +118,7 @@ def main() -> None:
                 continue
             for workload, (p, g) in workloads.items():
                 row = protocol.measure(preset, model, mode, workload, p, g, args.budget_gib,
-                                    args.max_batch, (2, 8))
+                                    args.max_batch, SLOPE_BATCHES)
                 rows.append(row)
                 entries.append({**base, "workload": workload, "tpm": row.tpm,
                                 "tokens_per_s": row.tokens_per_s,

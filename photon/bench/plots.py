@@ -8,13 +8,21 @@ import math
 from photon.bench.protocol import Row, SweepPoint, label
 
 
-def plot_rows(rows: list[Row], path: str) -> None:
-    """Per workload: each row's TPM relative to vanilla, and its memory per sample against
-    its cache bytes (how much of the memory is cache)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed), imported when a plot
+    is drawn: the benchmark itself runs without it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rows(rows: list[Row], path: str) -> None:
+    """Per workload: each row's TPM relative to vanilla, and its memory per sample against
+    its cache bytes (how much of the memory is cache)."""
+    plt = _pyplot()
 
     workloads = sorted({r.workload for r in rows})
     fig, axes = plt.subplots(2, len(workloads), figsize=(6 * len(workloads), 7), squeeze=False)
@@ -43,10 +51,7 @@ def plot_rows(rows: list[Row], path: str) -> None:
 
 def plot_sweep(points: list[SweepPoint], path: str) -> None:
     """Per-sample memory, decode time per token and TPM against context, one line a model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     series = sorted({(p.model, p.mode) for p in points}, key=lambda s: label(*s))
@@ -83,10 +88,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def plot_tradeoff(entries: list[dict], path: str, workload: str) -> None:
     """TPM against validation bpb (lower is better), with the Pareto frontier."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 5))
     markers = {"vanilla": "s", "block": "^", "photon": "o"}

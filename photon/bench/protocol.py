@@ -61,7 +61,7 @@ class Row:
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
-            budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8)) -> Row:
+            budget_gib: float, max_batch: int, batches: tuple[int, int]) -> Row:
     """One row of the table: memory slope, the batch that fits, and its throughput."""
     p = next(model.parameters())
     cache = analytic_cache_bytes(model, mode, prompt_len + gen_len, p.dtype)

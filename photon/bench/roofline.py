@@ -10,7 +10,7 @@ import time
 import torch
 
 from photon.inference.workload import analytic_cache_bytes, weight_bytes
-from photon.model.flops import decode_flops_per_token
+from photon.model.flops import decode_flops_per_token, head_flops
 from photon.model.lm import Model
 
 
@@ -65,7 +65,7 @@ def roofline(model: Model, mode: str, batch: int, context: float, tokens_per_s: 
     c = model.config
     matmul, attention = decode_flops_per_token(c, mode, int(context))
     total = matmul + attention
-    head = 2 * c.d_model * c.vocab_size
+    head = head_flops(c)
     rates = {name: matmul_rate(*shape, p.device, p.dtype)
              for name, shape in decode_matmuls(model, batch).items()}
     peak = total / (head / rates["head"] + (total - head) / rates["mlp"])

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import InputError
 from photon.inference.modes import MODES
+from photon.inference.workload import SLOPE_BATCHES
 
 
 def _positive_ints(flag: str, text: str, count: int | None = None) -> list[int]:
@@ -24,24 +25,27 @@ def _positive_ints(flag: str, text: str, count: int | None = None) -> list[int]:
     return values
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Refuse settings the protocol cannot run with, before any model is built."""
+def _check(args: argparse.Namespace) -> tuple[tuple[int, ...], list[int]]:
+    """Refuse settings the protocol cannot run with, before any model is built; returns the
+    slope batches and the sweep's contexts."""
+    from photon.bench.protocol import WORKLOADS
+
     for flag in ("prompt_len", "gen_len", "max_batch", "threads", "sweep_batch", "sweep_gen"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.budget_gib is not None and not 0 < args.budget_gib < float("inf"):
         raise InputError(f"--budget-gib must be a positive number, got {args.budget_gib}")
-    unknown = set(args.workloads.split(",")) - {"PF", "DE"}  # protocol.WORKLOADS
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
-        raise InputError(f"--workloads: unknown {sorted(unknown)}; choose from PF, DE")
-    _positive_ints("--slope-batches", args.slope_batches, count=2)
-    if args.sweep:
-        _positive_ints("--sweep", args.sweep)
+        raise InputError(f"--workloads: unknown {sorted(unknown)}; choose from "
+                         f"{', '.join(WORKLOADS)}")
+    batches = tuple(_positive_ints("--slope-batches", args.slope_batches, count=2))
+    return batches, _positive_ints("--sweep", args.sweep or "32,128")
 
 
 def run(args: argparse.Namespace) -> None:
-    _check(args)
+    batches, contexts = _check(args)
     import torch
     from tqdm import tqdm
 
@@ -61,7 +65,6 @@ def run(args: argparse.Namespace) -> None:
         workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
-    batches = tuple(_positive_ints("--slope-batches", args.slope_batches, count=2))
     modes = args.modes.split(",")
     models = load_models(names, device, dtype, args.compile)
     env = environment(device, dtype)
@@ -80,7 +83,6 @@ def run(args: argparse.Namespace) -> None:
     plots.plot_rows(rows, os.path.join(args.out, "bench.png"))
     print(f"plot: {os.path.join(args.out, 'bench.png')}")
     if args.sweep or args.quick:
-        contexts = _positive_ints("--sweep", args.sweep or "32,128")
         points = []
         sweep_jobs = [(name, model, mode) for name, model in models
                       for mode in modes_of(model.config, modes)]
@@ -158,7 +160,7 @@ def add_parser(verbs) -> None:
     p.add_argument("--budget-gib", type=float,
                    help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
     p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")
-    p.add_argument("--slope-batches", default="2,8",
+    p.add_argument("--slope-batches", default=",".join(map(str, SLOPE_BATCHES)),
                    help="the two batch sizes whose slope of the decode's peak memory is the "
                         "per-sample memory")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -45,6 +45,7 @@ class KVCache:
                 torch._dynamo.mark_static_address(t)
         self._start: int | None = 0
         self._positions: Tensor | None = None
+        self._rows: Tensor | None = None
         self._end = 0
 
     @property
@@ -62,36 +63,40 @@ class KVCache:
         if self.static:
             if not torch.compiler.is_compiling():  # a compiled step is checked before it
                 self.check_room(T)
-            self._start = None
-            self._end = self.capacity
-            self._positions = self.device_lengths[:, None] + torch.arange(T, device=device)
-            return self._positions, window_mask(self._positions, self.capacity, window)
+            return self._ragged(self.device_lengths, T, self.capacity, device, window)
         lo, hi = self._host_span(T)
-        self._end = hi + T
-        if lo == hi:  # every sequence at the same length: write and read by slicing
-            self._start = lo
-            positions = torch.arange(lo, lo + T, device=device)[None]
-            # A single query, or queries from position 0, need no mask unless the
-            # window hides some of the keys.
-            plain = (T == 1 or lo == 0) and (not window or self._end <= window)
-            mask = None if plain else window_mask(positions, self._end, window)
-        else:
-            self._start = None
-            positions = self.lengths.to(device)[:, None] + torch.arange(T, device=device)
-            self._positions = positions
-            mask = window_mask(positions, self._end, window)
-        return positions, mask
+        if lo != hi:
+            return self._ragged(self.lengths.to(device), T, hi + T, device, window)
+        # Every sequence at the same length: write and read by slicing.
+        self._start, self._end = lo, hi + T
+        positions = torch.arange(lo, lo + T, device=device)[None]
+        # A single query, or queries from position 0, need no mask unless the window hides
+        # some of the keys.
+        plain = (T == 1 or lo == 0) and (not window or self._end <= window)
+        return positions, None if plain else window_mask(positions, self._end, window)
+
+    def _ragged(self, lengths: Tensor, T: int, end: int, device: torch.device, window: int
+                ) -> tuple[Tensor, Tensor]:
+        """Each sequence at its own length (`lengths` on the device): positions per sequence,
+        a mask over the first `end` keys, and writes by index (the rows once per step)."""
+        self._start, self._end = None, end
+        self._positions = lengths[:, None] + torch.arange(T, device=device)
+        self._rows = torch.arange(len(lengths), device=device)[:, None]
+        return self._positions, window_mask(self._positions, end, window)
 
     @torch.compiler.disable
     def _host_span(self, T: int) -> tuple[int, int]:
         """(shortest, longest) sequence, once T more positions are known to fit: host
         values, read outside a compiled step (a dynamic-shape step breaks its graph here)."""
-        self.check_room(T)
-        return int(self.lengths.min()), int(self.lengths.max())
+        lo, hi = int(self.lengths.min()), int(self.lengths.max())
+        self._raise_if_full(hi, T)
+        return lo, hi
 
     def check_room(self, T: int) -> None:
         """Raise `CacheFullError` unless every sequence has room for T more positions."""
-        hi = int(self.lengths.max()) if len(self.lengths) else 0
+        self._raise_if_full(int(self.lengths.max()) if len(self.lengths) else 0, T)
+
+    def _raise_if_full(self, hi: int, T: int) -> None:
         if hi + T > self.capacity:
             raise CacheFullError(
                 f"KV cache full: {hi} + {T} positions exceed its capacity of {self.capacity}")
@@ -102,9 +107,8 @@ class KVCache:
             self.k[layer, :, :, s:s + k.shape[2]] = k
             self.v[layer, :, :, s:s + k.shape[2]] = v
         else:
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]
-            self.k[layer][rows, :, self._positions] = k.transpose(1, 2)
-            self.v[layer][rows, :, self._positions] = v.transpose(1, 2)
+            self.k[layer][self._rows, :, self._positions] = k.transpose(1, 2)
+            self.v[layer][self._rows, :, self._positions] = v.transpose(1, 2)
         return self.k[layer, :, :, :self._end], self.v[layer, :, :, :self._end]
 
     def advance(self, n: int | Tensor) -> None:

@@ -172,8 +172,8 @@ class PhotonDecoder(Slots):
         if start is not None:
             recons = [_gather_positions(r, start * r.shape[1] // top.shape[1],
                                         r.shape[1] // top.shape[1]) for r in recons]
-            cond = _gather_positions(cond, start * (self.P // c.chunk_sizes[0]),
-                                     self.P // c.chunk_sizes[0])
+            n = c.positions_per_meta(1)
+            cond = _gather_positions(cond, start * n, n)
         self.recons, self.cond = recons, cond
         if c.variant == "A":
             self.carries = [r[:, -1:] for r in recons]
@@ -203,13 +203,11 @@ class PhotonDecoder(Slots):
         """Move the top stream past the meta-context just decoded."""
         if self.chunkwise:
             top, self.next_top = self.next_top, None  # encoded chunk by chunk in step()
-        elif self.mode == "hiergen":
-            self._check_room()
-            top = self._encode(tokens)
         else:
             self._check_room()
-            top = self.model.encode_level(self.model.config.n_levels, self.recons[0],
-                                          self.caches[-1])
+            top = self._encode(tokens) if self.mode == "hiergen" else \
+                self.model.encode_level(self.model.config.n_levels, self.recons[0],
+                                        self.caches[-1])
         self._plan(top)
         self.meta_start = self.meta_start + self.P
 

@@ -133,8 +133,11 @@ def phase_peaks(fn: Callable[[Callable[[], None]], object], device: torch.device
 _PHASE = "photon.workload.phase"
 
 
+SLOPE_BATCHES = (2, 8)  # the two batch sizes whose peak memory gives the per-sample slope
+
+
 def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
-                   batches: tuple[int, int] = (2, 8), keep_logits: bool = False
+                   batches: tuple[int, int] = SLOPE_BATCHES, keep_logits: bool = False
                    ) -> tuple[float, float]:
     """(bytes per sample, bytes at batch 0) of a decode-heavy workload's peak memory.
 
@@ -147,7 +150,7 @@ def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
     peaks = [phase_peaks(lambda mark, b=b: run_workload(
         model, mode, b, prompt_len, gen_len, max_steps=2, keep_logits=keep_logits,
         after_prefill=mark), device) for b in batches]
-    (prefill0, decode0), (prefill1, decode1) = peaks
+    decode0, decode1 = (phase[-1] for phase in peaks)
     slope = (decode1 - decode0) / (batches[1] - batches[0])
     intercept = max(peak - slope * b for b, phase in zip(batches, peaks, strict=True)
                     for peak in phase)
@@ -159,7 +162,7 @@ def weight_bytes(model: Model) -> int:
 
 
 def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
-                     budget_gib: float, max_batch: int, batches: tuple[int, int] = (2, 8),
+                     budget_gib: float, max_batch: int, batches: tuple[int, int] = SLOPE_BATCHES,
                      keep_logits: bool = False) -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
     intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one

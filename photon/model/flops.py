@@ -12,6 +12,11 @@ from __future__ import annotations
 from photon.model.config import ModelConfig, PhotonConfig
 
 
+def head_flops(c: ModelConfig) -> int:
+    """Forward FLOPs of the LM head for one token."""
+    return 2 * c.d_model * c.vocab_size
+
+
 def _layer_matmul_flops(c: ModelConfig, window: int = 0) -> int:
     """Forward FLOPs of one block's weight matmuls for one position (a window of 1 has no
     query and key projections)."""
@@ -36,7 +41,7 @@ def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float
     """Forward FLOPs per token at training context `seq_len` (default: config.max_seq_len)."""
     T = seq_len or c.max_seq_len
     D, layer = c.d_model, _layer_matmul_flops(c)
-    head = 2 * D * c.vocab_size
+    head = head_flops(c)
     if not isinstance(c, PhotonConfig):
         return c.n_layers * (layer + _causal_attention_flops(D, T) / T) + head
     total = head
@@ -70,7 +75,7 @@ def decode_flops_per_token(c: ModelConfig, mode: str = "hiergen", context: int =
     and RecGen runs no encoder below the top. Embedding lookups, norms and sampling are not
     counted."""
     D = c.d_model
-    head = 2 * D * c.vocab_size
+    head = head_flops(c)
     if not isinstance(c, PhotonConfig):
         return c.n_layers * _layer_matmul_flops(c) + head, c.n_layers * 4 * D * context
     matmul, attention = float(head), 0.0

@@ -6,7 +6,7 @@ import torch
 import photon
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
-from photon.inference.decoders import FlatDecoder, PhotonDecoder
+from photon.inference.decoders import FlatDecoder, PhotonDecoder, make_decoder
 from photon.inference.generate import generate
 from photon.inference.scoring import sequential_logits
 from photon.inference.workload import analytic_cache_bytes
@@ -28,6 +28,50 @@ def test_greedy_decoding_matches_uncached_forward(kind):
         full = model(torch.tensor([prompt + new])).logits[0, len(prompt) - 1:-1]
         torch.testing.assert_close(step_logits, full, atol=1e-5, rtol=1e-5)
         assert torch.equal(full.argmax(-1), torch.tensor(new))
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "block", "photon-L3", "photon-W1-TF"])
+@pytest.mark.parametrize("mode", ["hiergen", "recgen"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_every_attention_kernel_decodes_as_the_forward_pass(kind, mode, attention):
+    """Global caches read through either kernel (`KVCache.kernel`, which "auto" times) decode
+    what the uncached forward pass (or sequential RecGen) computes, a batch of prompts of
+    different lengths included."""
+    model = make(kind)
+    if mode == "recgen" and kind in ("vanilla", "block"):
+        pytest.skip("recgen needs L >= 2")
+    outputs, logits = generate(model, PROMPTS, 21, mode=mode, return_logits=True,
+                               attention=attention)
+    for prompt, new, step_logits in zip(PROMPTS, outputs, logits, strict=True):
+        ids = torch.tensor([prompt + new])
+        full = model(ids).logits[0] if mode == "hiergen" else \
+            sequential_logits(model, ids, len(prompt), "recgen")[0]
+        torch.testing.assert_close(step_logits, full[len(prompt) - 1:-1], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_attention_times_both_kernels_once_per_shape(monkeypatch):
+    """"auto" takes SDPA without timing a read too small to time, and otherwise the kernel
+    that was faster on random values laid out as a cache, timed once per shape; an unknown
+    kernel is refused."""
+    from photon.inference import cache
+    from photon.model.layers import KERNELS
+
+    cache.fastest_kernel.cache_clear()
+    timed: list[str] = []
+    monkeypatch.setattr(cache, "attend", lambda q, k, v, mask, kernel: timed.append(kernel))
+    cpu = torch.device("cpu")
+    assert cache.fastest_kernel(4, 16, 64, 1, cpu, torch.float32) == "sdpa" and not timed
+    monkeypatch.setattr(cache, "TIMED_BYTES", 0)
+    kernel = cache.fastest_kernel(4, 16, 64, 4, cpu, torch.float32)
+    assert kernel in KERNELS and set(timed) == set(KERNELS)
+    calls = len(timed)
+    assert cache.fastest_kernel(4, 16, 64, 4, cpu, torch.float32) == kernel
+    assert len(timed) == calls  # remembered
+    cache.fastest_kernel.cache_clear()
+    with pytest.raises(ValueError, match="attention"):
+        make_decoder(make("vanilla"), "hiergen", 2, 32, attention="flash")
+    with pytest.raises(ValueError, match="kernel"):
+        KVCache(1, 1, 4, 16, 8, "cpu", torch.float32, kernel="flash")
 
 
 @pytest.mark.parametrize("kind", ALL)

@@ -213,13 +213,15 @@ def test_cli_unknown_name(capsys):
     assert "photon-tiny" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kernel", [None, "matmul", "sdpa"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-3)])
 @pytest.mark.parametrize("T,S,mask_rows", [(1, 5, 0), (2, 2, 0), (3, 6, 3), (3, 6, 1),
                                            (1, 40, 0), (3, 40, 3)])
-def test_attention_at_decode_shapes_equals_sdpa(dtype, tol, T, S, mask_rows):
-    """`attend` takes explicit matmuls for a small window on the CPU, SDPA elsewhere: both
-    give fp32 attention over the same inputs, with SDPA's causal rule and its masks (one per
-    sequence, or one for all), to within the output dtype's rounding."""
+def test_attention_at_decode_shapes_equals_sdpa(kernel, dtype, tol, T, S, mask_rows):
+    """`attend` by its own rule (explicit matmuls for a small window on the CPU, SDPA
+    elsewhere) or through either kernel asked for: fp32 attention over the same inputs,
+    with SDPA's causal rule and its masks (one per sequence, or one for all), to within the
+    output dtype's rounding."""
     import torch.nn.functional as F
 
     from photon.model.layers import attend, window_mask
@@ -232,7 +234,7 @@ def test_attention_at_decode_shapes_equals_sdpa(dtype, tol, T, S, mask_rows):
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                               attn_mask=mask, is_causal=mask is None and T > 1)
     with torch.no_grad():
-        got = attend(q, k, v, mask)
+        got = attend(q, k, v, mask, kernel)
     assert got.dtype == dtype
     torch.testing.assert_close(got.float(), expected, atol=1e-3 if tol > 1e-5 else tol, rtol=tol)
 

@@ -8,8 +8,10 @@ random prompts, greedy, no EOS):
   the memory budget;
 - throughput is generated tokens per second over the whole batch, prefill included;
 - TPM = throughput / per-sample memory, in K tokens/s/GiB.
-The flat baseline decodes with a preallocated KV cache and SDPA, the same cache class and
-attention PHOTON uses, so the comparison isolates the architecture.
+The flat baseline decodes with a preallocated KV cache, the same cache class and attention
+PHOTON uses: each global cache reads through the faster of SDPA and explicit matmuls, timed
+on the machine at hand for its own shapes (`photon.inference.cache.fastest_kernel`), so the
+comparison isolates the architecture.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from photon.bench.roofline import roofline
 from photon.device import GIB
+from photon.inference.cache import cache_kernels
 from photon.inference.modes import FLAT, mode_label
 from photon.inference.workload import (
     analytic_cache_bytes,
@@ -58,19 +61,23 @@ class Row:
     head_gflops: float | None = None  # ... and at the LM head's
     read_gbs: float | None = None  # flat model: weights and KV read per second
     copy_gbs: float | None = None  # flat model: this machine's copy bandwidth
+    attention: str | None = None  # the kernel of each global cache (photon.inference.cache)
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
-            budget_gib: float, max_batch: int, batches: tuple[int, int]) -> Row:
-    """One row of the table: memory slope, the batch that fits, and its throughput."""
+            budget_gib: float, max_batch: int, batches: tuple[int, int],
+            attention: str = "auto") -> Row:
+    """One row of the table: memory slope, the batch that fits, and its throughput;
+    `attention` as `photon.inference.decoders.make_decoder`."""
     p = next(model.parameters())
     cache = analytic_cache_bytes(model, mode, prompt_len + gen_len, p.dtype)
     batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
-                                    batches)
+                                    batches, attention=attention)
     batch = max(batch, 1)  # a budget below one sequence still measures one
     # Untimed: a compiled model compiles this batch's shapes here, not in the timed run.
-    run_workload(model, mode, batch, prompt_len, gen_len, max_steps=2)
-    prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len)
+    run_workload(model, mode, batch, prompt_len, gen_len, max_steps=2, attention=attention)
+    prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len,
+                                               attention=attention)
     tokens_per_s = batch * gen_len / total_s
     mem_gib, cache_row = slope / GIB, decoder.cache_bytes // batch
     return Row(model=name, kind=model.config.kind, mode=mode_label(model.config, mode),
@@ -80,6 +87,8 @@ def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, 
                analytic_cache_bytes_per_sample=cache,
                tokens_per_s=tokens_per_s, tpm=tokens_per_s / 1000 / mem_gib,
                prefill_s=prefill_s, mem_to_cache=slope / max(cache_row, 1),
+               attention=",".join(cache_kernels(model.config, mode, prompt_len + gen_len,
+                                                p.device, p.dtype, attention)),
                **roofline(model, mode, batch, prompt_len + gen_len / 2, tokens_per_s))
 
 
@@ -95,7 +104,7 @@ def add_ratios(rows: list[Row]) -> None:
 def format_table(rows: list[Row]) -> str:
     head = (f"{'model':<22}{'mode':<9}{'wl':<4}{'batch':>6}{'MiB/sample':>12}"
             f"{'cache B/sample':>16}{'mem/cache':>10}{'tok/s':>11}{'TPM':>11}{'prefill s':>10}"
-            f"{'vs vanilla':>11}{'vs block':>9}{'GFLOP/s':>9}{'of mm':>7}")
+            f"{'vs vanilla':>11}{'vs block':>9}{'GFLOP/s':>9}{'of mm':>7}  attention")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = lambda x: "-" if x is None else f"{x:.1f}x"
@@ -103,7 +112,7 @@ def format_table(rows: list[Row]) -> str:
                      f"{r.mem_per_sample_gib * 1024:>12.3f}{r.cache_bytes_per_sample:>16,}"
                      f"{r.mem_to_cache:>10.2f}{r.tokens_per_s:>11.1f}{r.tpm:>11.2f}"
                      f"{r.prefill_s:>10.3f}{ratio(r.vs_vanilla):>11}{ratio(r.vs_block):>9}"
-                     f"{r.decode_gflops:>9.1f}{r.matmul_fraction:>7.0%}")
+                     f"{r.decode_gflops:>9.1f}{r.matmul_fraction:>7.0%}  {r.attention}")
     return "\n".join(lines)
 
 
@@ -120,12 +129,14 @@ class SweepPoint:
 
 
 def context_sweep(name: str, model: Model, mode: str, contexts: list[int], batch: int,
-                  gen_len: int) -> list[SweepPoint]:
+                  gen_len: int, attention: str = "auto") -> list[SweepPoint]:
     """Per-sample memory and decode time per token as the prompt grows, at a fixed batch."""
     points = []
     for context in contexts:
-        slope, _ = memory_profile(model, mode, context, gen_len, (batch, 2 * batch))
-        prefill_s, total_s, decoder = run_workload(model, mode, batch, context, gen_len)
+        slope, _ = memory_profile(model, mode, context, gen_len, (batch, 2 * batch),
+                                  attention=attention)
+        prefill_s, total_s, decoder = run_workload(model, mode, batch, context, gen_len,
+                                                   attention=attention)
         points.append(SweepPoint(
             model=name, mode=mode_label(model.config, mode), context=context,
             batch=batch, mem_per_sample_gib=slope / GIB,

@@ -11,6 +11,7 @@ from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import InputError
 from photon.inference.modes import MODES
 from photon.inference.workload import SLOPE_BATCHES
+from photon.model.layers import KERNELS
 
 
 def _positive_ints(flag: str, text: str, count: int | None = None) -> list[int]:
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> None:
             for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
     for name, model, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
-        rows.append(protocol.measure(name, model, mode, wl, p, g, budget, max_batch, batches))
+        rows.append(protocol.measure(name, model, mode, wl, p, g, budget, max_batch, batches,
+                                     args.attention))
     protocol.add_ratios(rows)
     print(protocol.format_table(rows))
 
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> None:
         for name, model, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
             points += protocol.context_sweep(name, model, mode, contexts,
                                           2 if args.quick else args.sweep_batch,
-                                          32 if args.quick else args.sweep_gen)
+                                          32 if args.quick else args.sweep_gen,
+                                          args.attention)
         path = os.path.join(args.out, "context_sweep.png")
         plots.plot_sweep(points, path)
         print(f"context sweep plot: {path}")
@@ -166,6 +169,11 @@ def add_parser(verbs) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--attention", choices=["auto", *KERNELS], default="auto",
+                   help="the kernel every model's global KV caches are read through: auto "
+                        "times SDPA and explicit matmuls on this machine at each cache's own "
+                        "shape and takes the faster (the row's 'attention'); sdpa or matmul "
+                        "force one")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every model's Transformer stacks for decoding: static "
                         "shapes as CUDA graphs on a GPU, dynamic shapes on a CPU")

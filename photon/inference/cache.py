@@ -10,6 +10,10 @@ and keeps the lengths on the device as well, so a step has the same shapes every
 reads nothing back from the host: what `torch.compile` / CUDA graphs capture once
 (gpt-fast's static cache). Its capacity is checked by the decoder, on the host.
 
+A cache is read through the faster of the two attention kernels (`fastest_kernel`: SDPA or
+explicit matmuls, timed on the machine at hand for its own shapes), for the few queries of a
+decode step; a prefill's long passes keep SDPA.
+
 A local decoder's window (at most R + C entries, thrown away at every chunk) is
 `photon.model.layers.LocalKVCache`: training uses it too.
 """
@@ -17,25 +21,117 @@ A local decoder's window (at most R + C entries, thrown away at every chunk) is
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from photon.errors import CacheFullError
-from photon.model.layers import window_mask
+from photon.model.config import ModelConfig, PhotonConfig
+from photon.model.layers import KERNELS, attend, window_mask
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """One global cache of a decoder: its layers, its positions per sequence, and the most
+    positions one decode step adds to it."""
+
+    n_layers: int
+    capacity: int
+    queries: int
+
+
+def global_caches(config: ModelConfig, mode: str, capacity: int) -> list[CacheShape | None]:
+    """The global KV caches of decoding up to `capacity` tokens in `mode`: the flat model's
+    one, or one per PHOTON level (None where a level keeps none; `cached_levels`)."""
+    if not isinstance(config, PhotonConfig):
+        return [CacheShape(config.n_layers, capacity, 1)]
+    metas = math.ceil(capacity / config.meta_len)
+    cached = config.cached_levels(mode)
+    return [CacheShape(config.encoder_layers[level - 1],
+                       metas * config.positions_per_meta(level), config.positions_per_meta(level))
+            if level in cached else None
+            for level in range(1, config.n_levels + 1)]
+
+# The kernel is timed for this many sequences, whatever the decoder's batch: both kernels'
+# costs grow in proportion to it, and one choice per shape keeps a decode's numbers (and the
+# memory probes' small batches) those of the batch it serves.
+TIMING_BATCH = 64
+# Under this many bytes of keys and values (one layer, TIMING_BATCH sequences) a read costs
+# microseconds through either kernel: a timing would measure noise, so SDPA is taken.
+TIMED_BYTES = 4 << 20
+BLOCK_S = 0.02
+
+
+@functools.cache
+def fastest_kernel(n_heads: int, head_dim: int, capacity: int, queries: int,
+                   device: torch.device, dtype: torch.dtype) -> str:
+    """The faster of `photon.model.layers.KERNELS` for `queries` new positions of a sequence
+    attending over the first half of a cache of `capacity` positions (the mean of a decode
+    that fills it), timed once per shape in a process: `TIMING_BATCH` sequences of random
+    values laid out as `KVCache` keeps them, each kernel's mean time per call over blocks
+    of about `BLOCK_S` seconds, the two kernels alternated, the best of three blocks each."""
+    keys = max(capacity // 2, queries)
+    if 2 * TIMING_BATCH * n_heads * keys * head_dim * dtype.itemsize < TIMED_BYTES:
+        return "sdpa"
+    q = torch.randn(TIMING_BATCH, n_heads, queries, head_dim, device=device, dtype=dtype)
+    # The filled part of a longer buffer, as a cache is read: not a contiguous tensor.
+    k, v = (torch.randn(TIMING_BATCH, n_heads, capacity, head_dim, device=device,
+                        dtype=dtype)[:, :, :keys] for _ in range(2))
+    mask = window_mask(torch.arange(keys - queries, keys, device=device)[None], keys) \
+        if queries > 1 else None
+
+    def seconds_per_call(kernel: str, calls: int) -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            attend(q, k, v, mask, kernel)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - started) / calls
+
+    with torch.inference_mode():
+        calls = {kernel: max(1, round(BLOCK_S / seconds_per_call(kernel, 2)))
+                 for kernel in KERNELS}  # warms each kernel up, and sizes its blocks
+        best = dict.fromkeys(KERNELS, float("inf"))
+        for _ in range(3):  # alternated: a drift of the machine's speed hits both
+            for kernel in KERNELS:
+                best[kernel] = min(best[kernel], seconds_per_call(kernel, calls[kernel]))
+    return min(KERNELS, key=best.__getitem__)
+
+
+def cache_kernels(config: ModelConfig, mode: str, capacity: int, device: torch.device,
+                  dtype: torch.dtype, attention: str = "auto") -> list[str]:
+    """The kernel each global cache of a decoder reads through (`attention`, or under
+    "auto" its `fastest_kernel`). Timed once per shape, so calling this before a memory
+    profile keeps the timing's tensors out of it."""
+    if attention not in (*KERNELS, "auto"):
+        raise ValueError(f"attention {attention!r}: expected one of {KERNELS} or 'auto'")
+    return [attention if attention != "auto" else
+            fastest_kernel(config.n_heads, config.head_dim, shape.capacity, shape.queries,
+                           device, dtype)
+            for shape in global_caches(config, mode, capacity) if shape is not None]
 
 
 class KVCache:
     """Preallocated keys and values [layers, B, heads, capacity, head_dim]."""
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
-                 device: torch.device | str, dtype: torch.dtype, static: bool = False) -> None:
+                 device: torch.device | str, dtype: torch.dtype, static: bool = False,
+                 kernel: str = "sdpa", queries: int = 1) -> None:
+        """`kernel`: what a step of at most `queries` new positions per sequence attends
+        through, one of `photon.model.layers.KERNELS` (`cache_kernels` picks it)."""
+        if kernel not in KERNELS:
+            raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS}")
         shape = (n_layers, batch, n_heads, capacity, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.capacity = capacity
         self.static = static
+        self.kernel, self.queries = kernel, queries
         self.lengths = torch.zeros(batch, dtype=torch.long)  # on the host: no device sync
         # A static cache's positions come from the device copy: a step reads no host value.
         self.device_lengths = torch.zeros(batch, dtype=torch.long, device=device) \
@@ -100,6 +196,11 @@ class KVCache:
         if hi + T > self.capacity:
             raise CacheFullError(
                 f"KV cache full: {hi} + {T} positions exceed its capacity of {self.capacity}")
+
+    def kernel_for(self, n_queries: int) -> str | None:
+        """The kernel of a step of `n_queries` new positions per sequence; a longer pass (a
+        prefill) takes `attend`'s own rule."""
+        return self.kernel if n_queries <= self.queries else None
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self._start is not None:

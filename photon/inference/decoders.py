@@ -20,14 +20,12 @@ batching through `photon.inference.slots`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from photon.inference.cache import KVCache
-from photon.inference.modes import check_mode
+from photon.inference.cache import KVCache, cache_kernels, global_caches
+from photon.inference.modes import FLAT, check_mode
 from photon.inference.sampling import Sampler
 from photon.inference.slots import Slots
 from photon.model.layers import Stack
@@ -40,16 +38,27 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
+def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, attention: str
+            ) -> list[KVCache | None]:
+    """The global caches of decoding `batch` sequences of up to `capacity` tokens in `mode`
+    (`global_caches`), each read through its kernel (`cache_kernels`)."""
+    c, p = model.config, next(model.parameters())
+    kernels = iter(cache_kernels(c, mode, capacity, p.device, p.dtype, attention))
+    return [None if shape is None else
+            KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity, p.device,
+                    p.dtype, static, next(kernels), shape.queries)
+            for shape in global_caches(c, mode, capacity)]
+
+
 class FlatDecoder(Slots):
     """KV-cached decoding of the flat Transformer: one token per step."""
 
     ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
 
-    def __init__(self, model: Model, batch: int, capacity: int, static: bool = False) -> None:
-        c, p = model.config, next(model.parameters())
+    def __init__(self, model: Model, batch: int, capacity: int, static: bool = False,
+                 attention: str = "auto") -> None:
         self.model = model
-        self.cache = KVCache(c.n_layers, batch, c.n_heads, c.head_dim, capacity, p.device,
-                             p.dtype, static)
+        (self.cache,) = _caches(model, FLAT, batch, capacity, static, attention)
         self.tokens_per_step = 1
 
     @property
@@ -131,21 +140,14 @@ class PhotonDecoder(Slots):
                  "known_len", "pending")
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str,
-                 static: bool = False) -> None:
-        c, p = model.config, next(model.parameters())
+                 static: bool = False, attention: str = "auto") -> None:
+        c = model.config
         check_mode(c, mode)
         self.model, self.mode, self.P = model, mode, c.meta_len
         self.tokens_per_step = self.P
         self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
         self.cond = self.recons = self.carries = self.top_cond = self.next_top = None
-        metas = math.ceil(capacity / self.P)
-        cached = c.cached_levels(mode)
-        self.caches = [
-            KVCache(c.encoder_layers[level - 1], batch, c.n_heads, c.head_dim,
-                    metas * c.positions_per_meta(level), p.device, p.dtype, static)
-            if level in cached else None
-            for level in range(1, c.n_levels + 1)
-        ]
+        self.caches = _caches(model, mode, batch, capacity, static, attention)
 
     @property
     def cache_bytes(self) -> int:
@@ -325,12 +327,13 @@ def compile_for_decoding(model: Model, static: bool = True, mode: str | None = N
     model.static_caches = static
 
 
-def make_decoder(model: Model, mode: str, batch: int, capacity: int
+def make_decoder(model: Model, mode: str, batch: int, capacity: int, attention: str = "auto"
                  ) -> FlatDecoder | PhotonDecoder:
     """The decoder of `model` in `mode` (checked), with caches for `batch` sequences of up
-    to `capacity` tokens; static caches for a model `compile_for_decoding` made static."""
+    to `capacity` tokens; static caches for a model `compile_for_decoding` made static.
+    `attention`: the kernel the global caches are read through (`KVCache`)."""
     check_mode(model.config, mode)
     static = getattr(model, "static_caches", False)
     if isinstance(model, PhotonLM):
-        return PhotonDecoder(model, batch, capacity, mode, static)
-    return FlatDecoder(model, batch, capacity, static)
+        return PhotonDecoder(model, batch, capacity, mode, static, attention)
+    return FlatDecoder(model, batch, capacity, static, attention)

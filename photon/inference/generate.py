@@ -23,7 +23,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
              max_length: int | None = None,
              stop: Callable[[int, list[int]], bool] | None = None,
              stream: Callable[[int, int], None] | None = None,
-             return_logits: bool = False):
+             return_logits: bool = False, attention: str = "auto"):
     """Generate up to `max_new_tokens` new tokens after each prompt.
 
     prompts: token-id lists of any lengths (or a [B, T] tensor), decoded together as one batch;
@@ -33,8 +33,9 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
     (not included in its output), after `max_new_tokens`, or when `stop(b, new_tokens)` says
     so. `stream(b, token)` sees every new token as it is produced. `max_length` is the cache
     capacity in tokens (default: longest prompt + max_new_tokens); asking for more is an
-    error. Returns the new token-id lists, and with `return_logits` also each sequence's
-    logits [n_new, V] that chose its tokens.
+    error. `attention`: the kernel of the global caches (`make_decoder`). Returns the new
+    token-id lists, and with `return_logits` also each sequence's logits [n_new, V] that
+    chose its tokens.
     """
     if max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -48,7 +49,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
     check_sampling(temperature, top_k, top_p, seed)
     generator = None if seed is None else seeded_generator(seed, device)
     sampler = make_sampler(temperature, top_k, top_p, generator)
-    decoder = make_decoder(model, mode, len(prompts), max_length or needed)
+    decoder = make_decoder(model, mode, len(prompts), max_length or needed, attention)
     decoder.prefill(*pad_prompts(prompts, device))
 
     outputs: list[list[int]] = [[] for _ in prompts]

@@ -23,21 +23,17 @@ from collections.abc import Callable
 import torch
 
 from photon.device import GIB
+from photon.inference.cache import cache_kernels, global_caches
 from photon.inference.decoders import make_decoder
 from photon.inference.sampling import make_sampler
-from photon.model.config import PhotonConfig
 from photon.model.lm import Model
 
 
 def analytic_cache_bytes(model: Model, mode: str, capacity: int, dtype: torch.dtype) -> int:
     """Bytes of global KV cache one sequence of `capacity` tokens needs, from the config."""
-    c = model.config
-    entry = 2 * c.d_model * torch.finfo(dtype).bits // 8  # keys and values of one layer
-    if not isinstance(c, PhotonConfig):
-        return entry * c.n_layers * capacity
-    metas = math.ceil(capacity / c.meta_len)
-    return sum(entry * c.encoder_layers[level - 1] * metas * c.positions_per_meta(level)
-               for level in c.cached_levels(mode))
+    entry = 2 * model.config.d_model * torch.finfo(dtype).bits // 8  # K and V of one layer
+    return sum(entry * shape.n_layers * shape.capacity
+               for shape in global_caches(model.config, mode, capacity) if shape is not None)
 
 
 def _sync(device: torch.device) -> None:
@@ -47,15 +43,15 @@ def _sync(device: torch.device) -> None:
 
 def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: int,
                  max_steps: int | None = None, seed: int = 0, keep_logits: bool = False,
-                 after_prefill: Callable[[], None] | None = None
+                 after_prefill: Callable[[], None] | None = None, attention: str = "auto"
                  ) -> tuple[float, float, object]:
     """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder).
     `keep_logits`: every step keeps every sequence's logits (as for logprobs);
-    `after_prefill` is called between the two phases."""
+    `after_prefill` is called between the two phases; `attention` as `make_decoder`."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
-    decoder = make_decoder(model, mode, batch, prompt_len + gen_len)
+    decoder = make_decoder(model, mode, batch, prompt_len + gen_len, attention)
     per_step = decoder.tokens_per_step
     # A prompt that ends inside a meta-context makes the first step yield fewer tokens.
     steps = math.ceil((gen_len + prompt_len % per_step) / per_step)
@@ -137,8 +133,8 @@ SLOPE_BATCHES = (2, 8)  # the two batch sizes whose peak memory gives the per-sa
 
 
 def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
-                   batches: tuple[int, int] = SLOPE_BATCHES, keep_logits: bool = False
-                   ) -> tuple[float, float]:
+                   batches: tuple[int, int] = SLOPE_BATCHES, keep_logits: bool = False,
+                   attention: str = "auto") -> tuple[float, float]:
     """(bytes per sample, bytes at batch 0) of a decode-heavy workload's peak memory.
 
     Bytes per sample are the slope, between two batch sizes, of the peak while decoding
@@ -146,10 +142,12 @@ def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
     caches are preallocated). The prefill's peak, one pass's workspace above the caches
     whatever the batch, enters the intercept: both peaks lie under slope * batch +
     intercept."""
-    device = next(model.parameters()).device
+    p = next(model.parameters())
+    # The attention kernels are chosen (timed) here, before the profile: not the decode's.
+    cache_kernels(model.config, mode, prompt_len + gen_len, p.device, p.dtype, attention)
     peaks = [phase_peaks(lambda mark, b=b: run_workload(
         model, mode, b, prompt_len, gen_len, max_steps=2, keep_logits=keep_logits,
-        after_prefill=mark), device) for b in batches]
+        after_prefill=mark, attention=attention), p.device) for b in batches]
     decode0, decode1 = (phase[-1] for phase in peaks)
     slope = (decode1 - decode0) / (batches[1] - batches[0])
     intercept = max(peak - slope * b for b, phase in zip(batches, peaks, strict=True)
@@ -163,10 +161,11 @@ def weight_bytes(model: Model) -> int:
 
 def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
                      budget_gib: float, max_batch: int, batches: tuple[int, int] = SLOPE_BATCHES,
-                     keep_logits: bool = False) -> tuple[int, float]:
+                     keep_logits: bool = False, attention: str = "auto") -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
     intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one
     sequence fits. `keep_logits`: sized for steps that keep every sequence's logits."""
-    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches, keep_logits)
+    slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches, keep_logits,
+                                      attention)
     room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
     return int(max(0, min(max_batch, room // max(slope, 1)))), slope

@@ -64,9 +64,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LayerCache(Protocol):
-    """What attention needs from a KV cache: store this step's keys/values, return all."""
+    """What attention needs from a KV cache: store this step's keys/values, return all, and
+    the attention kernel to read them with (None: `attend`'s own rule)."""
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def kernel_for(self, n_queries: int) -> str | None: ...
 
 
 class Attention(nn.Module):
@@ -96,26 +99,33 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        y = attend(q, k, v, mask)
+        y = attend(q, k, v, mask, cache.kernel_for(T) if cache is not None else None)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
-# A local window on a CPU: a few keys per sequence. There SDPA's flash kernel costs more
-# than the attention itself (docs/bench_memory/s7/kernels.txt: 256 sequences, 5 keys, about
-# 1.5x in fp32 and 2.5x in bf16). Over more keys SDPA stays, the better kernel on long caches
-# (up to 2.4x in bf16): the flat model and the global caches read through it once past their
-# first 16 positions. One rule for training and decoding: a window's logits do not depend on
-# whether gradients are on.
+# Two kernels compute the same attention: PyTorch's SDPA, and explicit matmuls with fp32
+# scores. A local window on a CPU (a few keys per sequence) takes the matmuls: there SDPA's
+# flash kernel costs more than the attention itself (docs/bench_memory/s7/kernels.txt: 256
+# sequences, 5 keys, about 1.5x in fp32 and 2.5x in bf16). One rule for training and
+# decoding: a window's logits do not depend on whether gradients are on. Over more keys
+# neither kernel wins everywhere (on one CPU the matmuls are faster in fp32 and SDPA up to
+# 3.6x faster in bf16), so a decoder's global cache times both on its own shapes and reads
+# through the faster (`photon.inference.cache.fastest_kernel`); elsewhere SDPA.
+KERNELS = ("sdpa", "matmul")
 SMALL_WINDOW = 16
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+           kernel: str | None = None) -> Tensor:
     """Causal attention of q [B, H, T, Dh] over k, v [B, H, S, Dh]: the boolean `mask`
     [B or 1, 1, T, S] says which keys each query sees; without one, keys and queries are
     the same positions (or a single query sees every key), so the plain causal rule is
-    exact."""
+    exact. `kernel` is one of `KERNELS`; None takes the matmuls for a small window on a
+    CPU, SDPA otherwise."""
     T, S = q.shape[2], k.shape[2]
-    if q.device.type != "cpu" or S > SMALL_WINDOW:
+    if kernel is None:
+        kernel = "matmul" if q.device.type == "cpu" and S <= SMALL_WINDOW else "sdpa"
+    if kernel == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               is_causal=mask is None and T > 1)
     # In fp32 throughout, as SDPA accumulates: bf16 scores would lose what softmax needs
@@ -238,6 +248,9 @@ class LocalKVCache:
         plain = (T == 1 or self.length == 0) and (not window or n_keys <= window)
         mask = None if plain else window_mask(positions, n_keys, window)
         return positions, mask
+
+    def kernel_for(self, n_queries: int) -> None:
+        return None  # a window is small: attend's own rule
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if layer in self.k:

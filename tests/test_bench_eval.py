@@ -115,7 +115,7 @@ def test_bench_quick_end_to_end(tmp_path, capsys):
         assert r["tpm"] == pytest.approx(r["tokens_per_s"] / 1000 / r["mem_per_sample_gib"])
         if r["kind"] == "vanilla":
             assert r["vs_vanilla"] == pytest.approx(1.0)
-        assert set(r["attention"].split(",")) <= set(KERNELS)
+        assert set(r["attention"].split(",")) <= {*KERNELS, "rule"}
     assert (tmp_path / "context_sweep.png").stat().st_size > 1000
     assert (tmp_path / "bench.png").stat().st_size > 1000
     assert json.loads((tmp_path / "bench.json").read_text())["rows"] == rows

@@ -33,15 +33,22 @@ def test_greedy_decoding_matches_uncached_forward(kind):
 @pytest.mark.parametrize("kind", ["vanilla", "block", "photon-L3", "photon-W1-TF"])
 @pytest.mark.parametrize("mode", ["hiergen", "recgen"])
 @pytest.mark.parametrize("attention", ["sdpa", "matmul"])
-def test_every_attention_kernel_decodes_as_the_forward_pass(kind, mode, attention):
+def test_every_attention_kernel_decodes_as_the_forward_pass(kind, mode, attention,
+                                                            monkeypatch):
     """Global caches read through either kernel (`KVCache.kernel`, which "auto" times) decode
     what the uncached forward pass (or sequential RecGen) computes, a batch of prompts of
     different lengths included."""
-    model = make(kind)
     if mode == "recgen" and kind in ("vanilla", "block"):
         pytest.skip("recgen needs L >= 2")
+    import photon.model.layers as layers
+
+    model, used = make(kind), set()
+    attend = layers.attend
+    monkeypatch.setattr(layers, "attend", lambda *args: used.add(args[-1]) or attend(*args))
     outputs, logits = generate(model, PROMPTS, 21, mode=mode, return_logits=True,
                                attention=attention)
+    assert attention in used
+    monkeypatch.undo()
     for prompt, new, step_logits in zip(PROMPTS, outputs, logits, strict=True):
         ids = torch.tensor([prompt + new])
         full = model(ids).logits[0] if mode == "hiergen" else \
@@ -49,25 +56,42 @@ def test_every_attention_kernel_decodes_as_the_forward_pass(kind, mode, attentio
         torch.testing.assert_close(step_logits, full[len(prompt) - 1:-1], atol=1e-5, rtol=1e-5)
 
 
-def test_auto_attention_times_both_kernels_once_per_shape(monkeypatch):
-    """"auto" takes SDPA without timing a read too small to time, and otherwise the kernel
-    that was faster on random values laid out as a cache, timed once per shape; an unknown
-    kernel is refused."""
+@pytest.fixture
+def kernel_timings(monkeypatch):
+    """`fastest_kernel` with nothing remembered, short blocks, and a fake `attend` for which
+    the kernel named in `slow[0]` takes a millisecond a call; forgets what it chose after."""
+    import time
+
     from photon.inference import cache
-    from photon.model.layers import KERNELS
+
+    slow = ["matmul"]
+
+    def attend(q, k, v, mask, kernel):
+        if kernel == slow[0]:
+            time.sleep(1e-3)
 
     cache.fastest_kernel.cache_clear()
-    timed: list[str] = []
-    monkeypatch.setattr(cache, "attend", lambda q, k, v, mask, kernel: timed.append(kernel))
-    cpu = torch.device("cpu")
-    assert cache.fastest_kernel(4, 16, 64, 1, cpu, torch.float32) == "sdpa" and not timed
-    monkeypatch.setattr(cache, "TIMED_BYTES", 0)
-    kernel = cache.fastest_kernel(4, 16, 64, 4, cpu, torch.float32)
-    assert kernel in KERNELS and set(timed) == set(KERNELS)
-    calls = len(timed)
-    assert cache.fastest_kernel(4, 16, 64, 4, cpu, torch.float32) == kernel
-    assert len(timed) == calls  # remembered
+    monkeypatch.setattr(cache, "attend", attend)
+    monkeypatch.setattr(cache, "BLOCK_S", 2e-3)
+    yield cache, slow
     cache.fastest_kernel.cache_clear()
+
+
+def test_auto_attention_takes_the_kernel_timed_faster(kernel_timings):
+    """"auto" takes the kernel that was faster on random values laid out as a cache, timed
+    once per shape; `attend`'s own rule (None) for a read too small to time or a static
+    cache; an unknown kernel is refused."""
+    cache, slow = kernel_timings
+    cpu = torch.device("cpu")
+    assert cache.fastest_kernel(4, 16, 64, 1, cpu, torch.float32) is None  # 1 MiB: untimed
+    assert cache.fastest_kernel(8, 64, 512, 1, cpu, torch.float32) == "sdpa"
+    slow[0] = "sdpa"
+    assert cache.fastest_kernel(8, 64, 512, 1, cpu, torch.float32) == "sdpa"  # remembered
+    assert cache.fastest_kernel(8, 64, 512, 4, cpu, torch.float32) == "matmul"
+    config = make("vanilla").config.replace(d_model=512, n_heads=8)
+    assert cache.cache_kernels(config, "hiergen", 1024, cpu, torch.float32) == ["matmul"]
+    assert cache.cache_kernels(config, "hiergen", 1024, cpu, torch.float32,
+                               static=True) == [None]
     with pytest.raises(ValueError, match="attention"):
         make_decoder(make("vanilla"), "hiergen", 2, 32, attention="flash")
     with pytest.raises(ValueError, match="kernel"):

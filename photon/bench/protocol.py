@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from photon.bench.roofline import roofline
 from photon.device import GIB
-from photon.inference.cache import cache_kernels
 from photon.inference.modes import FLAT, mode_label
 from photon.inference.workload import (
     analytic_cache_bytes,
@@ -61,7 +60,9 @@ class Row:
     head_gflops: float | None = None  # ... and at the LM head's
     read_gbs: float | None = None  # flat model: weights and KV read per second
     copy_gbs: float | None = None  # flat model: this machine's copy bandwidth
-    attention: str | None = None  # the kernel of each global cache (photon.inference.cache)
+    # The kernel of each global cache (photon.inference.cache): sdpa, matmul, or rule
+    # (attend's own, for a cache too small to time).
+    attention: str | None = None
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
@@ -87,8 +88,7 @@ def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, 
                analytic_cache_bytes_per_sample=cache,
                tokens_per_s=tokens_per_s, tpm=tokens_per_s / 1000 / mem_gib,
                prefill_s=prefill_s, mem_to_cache=slope / max(cache_row, 1),
-               attention=",".join(cache_kernels(model.config, mode, prompt_len + gen_len,
-                                                p.device, p.dtype, attention)),
+               attention=",".join(kernel or "rule" for kernel in decoder.kernels),
                **roofline(model, mode, batch, prompt_len + gen_len / 2, tokens_per_s))
 
 

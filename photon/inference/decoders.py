@@ -38,12 +38,21 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
+def attention_kernels(model: Model, mode: str, capacity: int, attention: str = "auto"
+                      ) -> list[str | None]:
+    """The kernel each global cache of `model`'s decoder in `mode` reads through
+    (`cache_kernels`; static caches for a model `compile_for_decoding` made static)."""
+    p = next(model.parameters())
+    return cache_kernels(model.config, mode, capacity, p.device, p.dtype, attention,
+                         static=getattr(model, "static_caches", False))
+
+
 def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, attention: str
             ) -> list[KVCache | None]:
     """The global caches of decoding `batch` sequences of up to `capacity` tokens in `mode`
-    (`global_caches`), each read through its kernel (`cache_kernels`)."""
+    (`global_caches`), each read through its kernel (`attention_kernels`)."""
     c, p = model.config, next(model.parameters())
-    kernels = iter(cache_kernels(c, mode, capacity, p.device, p.dtype, attention))
+    kernels = iter(attention_kernels(model, mode, capacity, attention))
     return [None if shape is None else
             KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity, p.device,
                     p.dtype, static, next(kernels), shape.queries)
@@ -64,6 +73,11 @@ class FlatDecoder(Slots):
     @property
     def cache_bytes(self) -> int:
         return self.cache.nbytes
+
+    @property
+    def kernels(self) -> list[str | None]:
+        """The attention kernel of each global cache (None: `attend`'s own rule)."""
+        return [self.cache.kernel]
 
     def _prefill(self, ids: Tensor, lengths: Tensor) -> None:
         hidden = self.model.hidden(ids, self.cache, advance=lengths)
@@ -152,6 +166,11 @@ class PhotonDecoder(Slots):
     @property
     def cache_bytes(self) -> int:
         return sum(cache.nbytes for cache in self.caches if cache is not None)
+
+    @property
+    def kernels(self) -> list[str | None]:
+        """The attention kernel of each global cache (None: `attend`'s own rule)."""
+        return [cache.kernel for cache in self.caches if cache is not None]
 
     def _encode(self, ids: Tensor, advance: Tensor | None = None) -> Tensor:
         """Encode whole meta-contexts into the caches; returns the top states."""

@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 
 from photon.device import GIB
-from photon.inference.cache import cache_kernels, global_caches
-from photon.inference.decoders import make_decoder
+from photon.inference.cache import global_caches
+from photon.inference.decoders import attention_kernels, make_decoder
 from photon.inference.sampling import make_sampler
 from photon.model.lm import Model
 
@@ -141,13 +141,13 @@ def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
     (caches, per-sequence state and a step's workspace; a few steps reach the steady state,
     caches are preallocated). The prefill's peak, one pass's workspace above the caches
     whatever the batch, enters the intercept: both peaks lie under slope * batch +
-    intercept."""
-    p = next(model.parameters())
+    intercept. `attention` as `make_decoder`."""
+    device = next(model.parameters()).device
     # The attention kernels are chosen (timed) here, before the profile: not the decode's.
-    cache_kernels(model.config, mode, prompt_len + gen_len, p.device, p.dtype, attention)
+    attention_kernels(model, mode, prompt_len + gen_len, attention)
     peaks = [phase_peaks(lambda mark, b=b: run_workload(
         model, mode, b, prompt_len, gen_len, max_steps=2, keep_logits=keep_logits,
-        after_prefill=mark, attention=attention), p.device) for b in batches]
+        after_prefill=mark, attention=attention), device) for b in batches]
     decode0, decode1 = (phase[-1] for phase in peaks)
     slope = (decode1 - decode0) / (batches[1] - batches[0])
     intercept = max(peak - slope * b for b, phase in zip(batches, peaks, strict=True)
@@ -164,7 +164,8 @@ def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
                      keep_logits: bool = False, attention: str = "auto") -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
     intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one
-    sequence fits. `keep_logits`: sized for steps that keep every sequence's logits."""
+    sequence fits. `keep_logits`: sized for steps that keep every sequence's logits;
+    `attention` as `make_decoder`."""
     slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches, keep_logits,
                                       attention)
     room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)

@@ -172,8 +172,9 @@ def add_parser(verbs) -> None:
     p.add_argument("--attention", choices=["auto", *KERNELS], default="auto",
                    help="the kernel every model's global KV caches are read through: auto "
                         "times SDPA and explicit matmuls on this machine at each cache's own "
-                        "shape and takes the faster (the row's 'attention'); sdpa or matmul "
-                        "force one")
+                        "shape and takes the faster (the row's 'attention'; a cache too small "
+                        "to time, or a static one, keeps the default rule: 'rule'); sdpa or "
+                        "matmul force one")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every model's Transformer stacks for decoding: static "
                         "shapes as CUDA graphs on a GPU, dynamic shapes on a CPU")

@@ -38,21 +38,26 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
+def _static(model: Model) -> bool:
+    """Whether `model`'s decoders keep static caches (`compile_for_decoding` made it so)."""
+    return getattr(model, "static_caches", False)
+
+
 def attention_kernels(model: Model, mode: str, capacity: int, attention: str = "auto"
                       ) -> list[str | None]:
-    """The kernel each global cache of `model`'s decoder in `mode` reads through
-    (`cache_kernels`; static caches for a model `compile_for_decoding` made static)."""
+    """The kernel each global cache of the decoder `make_decoder` builds reads through
+    (`cache_kernels`)."""
     p = next(model.parameters())
     return cache_kernels(model.config, mode, capacity, p.device, p.dtype, attention,
-                         static=getattr(model, "static_caches", False))
+                         _static(model))
 
 
 def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, attention: str
             ) -> list[KVCache | None]:
     """The global caches of decoding `batch` sequences of up to `capacity` tokens in `mode`
-    (`global_caches`), each read through its kernel (`attention_kernels`)."""
+    (`global_caches`), each read through its kernel (`cache_kernels`)."""
     c, p = model.config, next(model.parameters())
-    kernels = iter(attention_kernels(model, mode, capacity, attention))
+    kernels = iter(cache_kernels(c, mode, capacity, p.device, p.dtype, attention, static))
     return [None if shape is None else
             KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity, p.device,
                     p.dtype, static, next(kernels), shape.queries)
@@ -352,7 +357,7 @@ def make_decoder(model: Model, mode: str, batch: int, capacity: int, attention: 
     to `capacity` tokens; static caches for a model `compile_for_decoding` made static.
     `attention`: the kernel the global caches are read through (`KVCache`)."""
     check_mode(model.config, mode)
-    static = getattr(model, "static_caches", False)
+    static = _static(model)
     if isinstance(model, PhotonLM):
         return PhotonDecoder(model, batch, capacity, mode, static, attention)
     return FlatDecoder(model, batch, capacity, static, attention)

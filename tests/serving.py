@@ -4,7 +4,9 @@ so that the model tests do not need the serve extra."""
 
 import threading
 
-from photon.serve.engine import Engine, Output, Request
+from photon.serve.engine import Engine
+from photon.serve.output import Output
+from photon.serve.request import Request
 
 
 def serve(engine: Engine, requests: list[Request], timeout: float = 120) -> list[list[Output]]:

@@ -22,7 +22,8 @@ import torch
 from photon.data.tokenizer import EOS, Tokenizer
 from photon.inference.scoring import sequential_logits
 from photon.serve.api import Limits, create_app
-from photon.serve.engine import Engine, Request
+from photon.serve.engine import Engine
+from photon.serve.request import Request
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import Scheduler
 from tests.conftest import make

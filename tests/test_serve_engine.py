@@ -10,14 +10,10 @@ import torch
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
-from photon.serve.engine import (
-    Engine,
-    QueueFullError,
-    Request,
-    ShuttingDownError,
-    slots_for_budget,
-)
+from photon.serve.engine import Engine, ShuttingDownError, slots_for_budget
+from photon.serve.request import Request
 from photon.serve.sampling import BatchSampler, SamplingParams
+from photon.serve.scheduler import QueueFullError
 from photon.serve.text import TextStream
 from tests.conftest import make
 from tests.serving import sequences, serve

@@ -17,8 +17,8 @@ from photon.cli import main as cli_main
 from photon.cli.serve import serve_forever
 from photon.data.tokenizer import Tokenizer
 from photon.serve.engine import Engine
-from photon.serve.engine import Request as EngineRequest
 from photon.serve.loadtest import ServerProcess, run_load
+from photon.serve.request import Request as EngineRequest
 from tests.conftest import make
 
 KEY = "test-key"

@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from photon.data.tokenizer import Tokenizer
-from photon.serve.output import Request, RunningSequence
+from photon.serve.output import RunningSequence
+from photon.serve.request import Request
 from photon.serve.runner import ModelRunner
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import QueueFullError, Scheduler

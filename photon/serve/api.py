@@ -29,17 +29,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
+from photon.serve.body import read_body
 from photon.serve.engine import SHUTTING_DOWN, Engine, ShuttingDownError
 from photon.serve.output import Output, eos_text
-from photon.serve.output import Request as EngineRequest
-from photon.serve.requests import (
+from photon.serve.parsing import (
     detokenize_body,
     engine_requests,
     prepare,
-    read_body,
     tokenize_body,
     validation_error,
 )
+from photon.serve.request import Request as EngineRequest
 from photon.serve.responses import complete, engine_error, logprobs_body, with_echo
 from photon.serve.scheduler import QueueFullError
 from photon.serve.schema import (

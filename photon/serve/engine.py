@@ -52,17 +52,10 @@ from photon.inference.prompts import check_fits, check_prompt
 from photon.inference.workload import batch_for_budget
 from photon.model.lm import Model
 from photon.serve.metrics import Metrics
-from photon.serve.output import (
-    Echo,
-    Output,
-    Request,
-    RunningSequence,
-    TokenLogprob,
-    prompt_echo,
-    token_text,
-)
+from photon.serve.output import Echo, Output, RunningSequence, prompt_echo
+from photon.serve.request import Request
 from photon.serve.runner import ModelRunner
-from photon.serve.scheduler import QueueFullError, Scheduler, group_of
+from photon.serve.scheduler import Scheduler, group_of
 
 log = logging.getLogger("photon.serve")
 SHUTTING_DOWN = "the server is shutting down"
@@ -394,5 +387,4 @@ class Engine:
         m.occupancy.set(len(self.rows) / self.slots)
 
 
-__all__ = ["Echo", "Engine", "Output", "QueueFullError", "Request", "SHUTTING_DOWN",
-           "ShuttingDownError", "TokenLogprob", "slots_for_budget", "token_text"]
+__all__ = ["Engine", "SHUTTING_DOWN", "ShuttingDownError", "slots_for_budget"]

@@ -22,7 +22,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable
 
 from photon.errors import PhotonError
-from photon.serve.output import Request
+from photon.serve.request import Request
 
 
 class QueueFullError(PhotonError):

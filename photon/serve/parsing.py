@@ -1,20 +1,19 @@
-"""Turning an HTTP request into engine requests, on a worker thread: the body read with a
-size limit, parsed and checked (`APIError` with OpenAI's 4xx body otherwise), the prompts
-tokenized and checked, one engine request per prompt; and vLLM's tokenizer endpoints."""
+"""Turning a request body into engine requests, on a worker thread: parsed and checked
+(`APIError` with OpenAI's 4xx body otherwise), the prompts tokenized and checked, one engine
+request per prompt; and vLLM's tokenizer endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from fastapi import Request
 from pydantic import ValidationError
 
 from photon.errors import InputError
 from photon.inference.prompts import check_prompt
 from photon.serve.engine import Engine
 from photon.serve.output import Output, eos_text, token_text
-from photon.serve.output import Request as EngineRequest
+from photon.serve.request import Request
 from photon.serve.sampling import SamplingParams
 from photon.serve.schema import (
     APIError,
@@ -23,22 +22,6 @@ from photon.serve.schema import (
     TokenizeRequest,
     is_unicode,
 )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with 413 as soon as it is known to exceed `limit`."""
-    too_large = APIError(413, f"the request body exceeds {limit:,} bytes (photon serve "
-                              "--max-body-mb)", code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def prepare(raw: bytes, model_name: str, tokenizer, engine: Engine, max_seqs: int,
@@ -142,7 +125,7 @@ def tokenize(body: CompletionRequest, tokenizer, max_len: int) -> list[list[int]
 
 def engine_requests(body: CompletionRequest, prompts: list[list[int]],
                     queue: asyncio.Queue, end_of_text: str | None = None
-                    ) -> list[EngineRequest]:
+                    ) -> list[Request]:
     """One engine request per prompt; outputs arrive in `queue` as (prompt index, Output).
     With echo the prompt is scored, with the alternatives `logprobs` asks for."""
     loop = asyncio.get_running_loop()
@@ -164,7 +147,7 @@ def engine_requests(body: CompletionRequest, prompts: list[list[int]],
 
     group = object()  # the prompts of one call share the slots it may hold
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    return [EngineRequest(prompt=p, max_tokens=max_tokens, sampling=sampling,
+    return [Request(prompt=p, max_tokens=max_tokens, sampling=sampling,
                           n=body.candidates, stop=body.stops(end_of_text), logprobs=logprobs,
                           ignore_eos=not body.stops_at_eos(end_of_text),
                           stream=bool(body.stream), on_output=deliver(i), group=group,

@@ -20,6 +20,8 @@ import photon
 # Every architecture the tests cover: (preset, config overrides).
 MODELS = {
     "vanilla": ("vanilla-tiny", {}),
+    # A sliding window of 8 tokens: the ring cache wraps within every test's sequences.
+    "vanilla-swa": ("vanilla-tiny", {"window": 8}),
     "block": ("block-tiny", {}),
     "photon-B": ("photon-tiny", {"variant": "B"}),
     "photon-A": ("photon-tiny", {"variant": "A"}),

@@ -188,6 +188,38 @@ def test_out_of_vocabulary_ids_are_rejected():
         model(torch.tensor([[1, 2, 256]]))
 
 
+@pytest.mark.parametrize("name", ["vanilla-small", "vanilla-small-swa", "block-small",
+                                  "photon-small", "photon-small-bounded"])
+def test_training_flops_count_attention_at_the_training_context(name):
+    """The 2k form of a small preset is the preset at `--seq-len 2048` (max_seq_len 2048):
+    going from 512 to 2,048 tokens adds exactly the attention of every global stack over the
+    longer context (mean keys per position (M + 1) / 2 over M positions of its level), and
+    nothing for a window that is already full or for the local decoders."""
+    c = photon.get_preset(name)
+
+    def mean_keys(level_positions: int, window: int) -> float:
+        if window and window < level_positions:  # all but the first window-1 see `window`
+            return window - window * (window - 1) / 2 / level_positions
+        return (level_positions + 1) / 2
+
+    def attention_per_token(T: int) -> float:
+        if c.kind == "vanilla":
+            return c.n_layers * 4 * c.d_model * mean_keys(T, c.window)
+        total = 0.0
+        for level in range(1, c.n_levels + 1):
+            per = c.tokens_per_position(level)
+            window = c.encoder_window_of(level)
+            keys = 0 if window == 1 else mean_keys(T // per, window)
+            total += c.encoder_layers[level - 1] * 4 * c.d_model * keys / per
+        return total
+
+    grown = (photon.training_flops_per_token(c.replace(max_seq_len=2048))
+             - photon.training_flops_per_token(c.replace(max_seq_len=512)))
+    assert grown == pytest.approx(3 * (attention_per_token(2048) - attention_per_token(512)),
+                                  abs=2)
+    assert grown > 0
+
+
 def test_flops_rank_models_sensibly():
     f = {k: photon.training_flops_per_token(photon.get_preset(f"{k}-600m"))
          for k in ("photon", "block", "vanilla")}

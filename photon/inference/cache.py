@@ -1,8 +1,10 @@
-"""The global KV cache.
+"""The global KV caches.
 
 `KVCache` is the preallocated cache of a global stream (every layer of the flat model, each
-context encoder of PHOTON). Each sequence of the batch has its own length, so prompts of
-different lengths share one batch; entries past a sequence's length are masked out.
+context encoder of PHOTON); `RingKVCache` is the flat model's under a sliding window, a ring
+buffer of the last W positions (Mistral's rolling buffer), so its memory does not grow. Each
+sequence of the batch has its own length, so prompts of different lengths share one batch;
+entries past a sequence's length are masked out.
 
 By default attention reads the filled part only (`[:end]`, the longest sequence's length):
 the fastest eager path. A `static` cache always returns its whole capacity with a mask,
@@ -37,18 +39,29 @@ from photon.model.layers import KERNELS, attend, window_mask
 
 @dataclass(frozen=True)
 class CacheShape:
-    """One global cache of a decoder: its layers, its positions per sequence, and the most
-    positions one decode step adds to it."""
+    """One global cache of a decoder: its layers, its positions per sequence, the most
+    positions one decode step adds to it, and its sliding window (0: none; then the cache is
+    a ring of `capacity` = window positions)."""
 
     n_layers: int
     capacity: int
     queries: int
+    window: int = 0
+
+    @property
+    def mean_keys(self) -> int:
+        """Keys a decode step reads on average while the cache fills: half of it, or the
+        whole window of a ring (full after its first W positions)."""
+        return self.capacity if self.window else self.capacity // 2
 
 
 def global_caches(config: ModelConfig, mode: str, capacity: int) -> list[CacheShape | None]:
     """The global KV caches of decoding up to `capacity` tokens in `mode`: the flat model's
-    one, or one per PHOTON level (None where a level keeps none; `cached_levels`)."""
+    one (a ring of its window, if it has one), or one per PHOTON level (None where a level
+    keeps none; `cached_levels`)."""
     if not isinstance(config, PhotonConfig):
+        if config.window:
+            return [CacheShape(config.n_layers, config.window, 1, config.window)]
         return [CacheShape(config.n_layers, capacity, 1)]
     metas = math.ceil(capacity / config.meta_len)
     cached = config.cached_levels(mode)
@@ -71,18 +84,18 @@ BLOCK_S = 0.02  # seconds of calls per timed block
 
 
 @functools.cache
-def fastest_kernel(n_heads: int, head_dim: int, capacity: int, queries: int,
+def fastest_kernel(n_heads: int, head_dim: int, keys: int, queries: int,
                    device: torch.device, dtype: torch.dtype) -> str | None:
     """The faster of `photon.model.layers.KERNELS` for `queries` new positions of a sequence
-    attending over the first half of a cache of `capacity` positions (the mean of a decode
-    that fills it), or None (`attend`'s own rule) where that read is too small to time.
+    attending over `keys` cached positions (`CacheShape.mean_keys`), or None (`attend`'s own
+    rule) where that read is too small to time.
 
     Timed once per shape in a process, on the eager path: up to `TIMING_BATCH` sequences of
     random values (from a generator of its own) read as a cache is, the filled part of a
     longer buffer; each kernel's mean time per call over blocks of about `BLOCK_S` seconds,
     the two kernels alternated, the best of three blocks each. Its tensors are freed on
     return."""
-    keys = max(capacity // 2, queries)
+    keys = max(keys, queries)
     per_sequence = 2 * n_heads * (keys + 1) * head_dim * dtype.itemsize  # keys and values
     if TIMING_BATCH * per_sequence < TIMED_BYTES:
         return None
@@ -131,7 +144,7 @@ def cache_kernels(config: ModelConfig, mode: str, capacity: int, device: torch.d
         return [attention] * len(shapes)
     if static:
         return [None] * len(shapes)
-    return [fastest_kernel(config.n_heads, config.head_dim, shape.capacity, shape.queries,
+    return [fastest_kernel(config.n_heads, config.head_dim, shape.mean_keys, shape.queries,
                            device, dtype) for shape in shapes]
 
 
@@ -274,3 +287,62 @@ class KVCache:
         self.lengths[list(dst)] = self.lengths[list(src)]
         if self.static:
             self.device_lengths[rows] = self.device_lengths[index]
+
+
+class RingKVCache(KVCache):
+    """The KV cache of a sliding window of W positions: position p of a sequence lives in slot
+    p mod W, so a sequence holds its last W positions and memory stays W entries whatever its
+    length (Mistral's rolling buffer). A pass of T new positions attends over the ring and
+    its own keys (W + T keys under a mask from the positions each slot holds); its entries
+    are written into the ring once the stack knows how many each sequence keeps (`advance`),
+    so a right-padded prefill never overwrites a kept position. Eager only: a static
+    (compiled) decoder keeps `KVCache`."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, window: int,
+                 device: torch.device | str, dtype: torch.dtype, kernel: str | None = None,
+                 queries: int = 1) -> None:
+        super().__init__(n_layers, batch, n_heads, head_dim, window, device, dtype,
+                         kernel=kernel, queries=queries)
+        self.window = window
+        self._new: dict[int, tuple[Tensor, Tensor]] = {}  # this pass's keys, values by layer
+
+    def prepare(self, T: int, device: torch.device, window: int = 0
+                ) -> tuple[Tensor, Tensor]:
+        W = self.window
+        lengths = self.lengths.to(device)[:, None]
+        positions = lengths + torch.arange(T, device=device)
+        slots = torch.arange(W, device=device)
+        # Slot s holds the latest position p < length with p = s (mod W); negative: never
+        # written.
+        held = slots + W * torch.div(lengths - 1 - slots, W, rounding_mode="floor")
+        keys = torch.cat((held, positions), dim=1)[:, None, :]
+        queries = positions[:, :, None]
+        seen = (keys >= 0) & (keys <= queries) & (keys > queries - W)
+        return positions, seen[:, None]
+
+    def check_room(self, T: int) -> None:
+        """A ring always has room."""
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self._new[layer] = (k, v)
+        return torch.cat((self.k[layer], k), dim=2), torch.cat((self.v[layer], v), dim=2)
+
+    def advance(self, n: int | Tensor) -> None:
+        """Write each sequence's first `n` new positions (the last W of them) into the ring."""
+        T = next(iter(self._new.values()))[0].shape[2]
+        kept = (n.cpu() if isinstance(n, Tensor) else torch.full_like(self.lengths, n))[:, None]
+        offsets = torch.arange(T)
+        rows, offset = ((offsets < kept) & (offsets >= kept - self.window)).nonzero(
+            as_tuple=True)
+        slots = (self.lengths[rows] + offset) % self.window
+        rows, offset, slots = (t.to(self.k.device) for t in (rows, offset, slots))
+        for layer, (k, v) in self._new.items():
+            self.k[layer][rows, :, slots] = k[rows, :, offset]
+            self.v[layer][rows, :, slots] = v[rows, :, offset]
+        self._new.clear()
+        self.lengths += kept[:, 0]
+
+    def rows(self, start: int, stop: int) -> RingKVCache:
+        view = super().rows(start, stop)
+        view._new = {}
+        return view

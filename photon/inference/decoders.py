@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from photon.inference.cache import KVCache, cache_kernels, global_caches
+from photon.errors import ConfigError
+from photon.inference.cache import KVCache, RingKVCache, cache_kernels, global_caches
 from photon.inference.modes import FLAT, check_mode
 from photon.inference.sampling import Sampler
 from photon.inference.slots import Slots
@@ -58,10 +59,21 @@ def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, at
     (`global_caches`), each read through its kernel (`cache_kernels`)."""
     c, p = model.config, next(model.parameters())
     kernels = iter(cache_kernels(c, mode, capacity, p.device, p.dtype, attention, static))
-    return [None if shape is None else
-            KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity, p.device,
-                    p.dtype, static, next(kernels), shape.queries)
-            for shape in global_caches(c, mode, capacity)]
+    caches: list[KVCache | None] = []
+    for shape in global_caches(c, mode, capacity):
+        if shape is None:
+            caches.append(None)
+        elif shape.window:
+            if static:
+                raise ConfigError("a sliding window's ring cache decodes eagerly: compile "
+                                  "it with compile_for_decoding(model, static=False)")
+            caches.append(RingKVCache(shape.n_layers, batch, c.n_heads, c.head_dim,
+                                      shape.capacity, p.device, p.dtype, next(kernels),
+                                      shape.queries))
+        else:
+            caches.append(KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity,
+                                  p.device, p.dtype, static, next(kernels), shape.queries))
+    return caches
 
 
 class FlatDecoder(Slots):

@@ -43,7 +43,7 @@ def forward_flops_per_token(c: ModelConfig, seq_len: int | None = None) -> float
     D, layer = c.d_model, _layer_matmul_flops(c)
     head = head_flops(c)
     if not isinstance(c, PhotonConfig):
-        return c.n_layers * (layer + _causal_attention_flops(D, T) / T) + head
+        return c.n_layers * (layer + _causal_attention_flops(D, T, c.window) / T) + head
     total = head
     for level in range(1, c.n_levels + 1):
         per_token = 1 / c.tokens_per_position(level)  # level-l positions per token
@@ -77,7 +77,8 @@ def decode_flops_per_token(c: ModelConfig, mode: str = "hiergen", context: int =
     D = c.d_model
     head = head_flops(c)
     if not isinstance(c, PhotonConfig):
-        return c.n_layers * _layer_matmul_flops(c) + head, c.n_layers * 4 * D * context
+        keys = min(context, c.window) if c.window else context
+        return c.n_layers * _layer_matmul_flops(c) + head, c.n_layers * 4 * D * keys
     matmul, attention = float(head), 0.0
     for level in range(1, c.n_levels + 1):
         per_token = 1 / c.tokens_per_position(level)

@@ -80,7 +80,7 @@ class TransformerLM(GenerationMixin, nn.Module):
         super().__init__()
         c = self.config = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.stack = Stack(c.n_layers, c.d_model, c.n_heads, c.d_ff, c.rope_base)
+        self.stack = Stack(c.n_layers, c.d_model, c.n_heads, c.d_ff, c.rope_base, c.window)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         self.apply(_init_weights)
         if c.tie_embeddings:

@@ -1,9 +1,9 @@
 """Corpora on disk and `photon data prepare`: JSON Lines, Parquet, compressed files, parallel
 and resumable preparation, training and evaluation on a prepared directory, errors.
 
-The documents are this repository's own text cut into paragraphs (plus some non-ASCII
-ones); the tokenizer.json is a Llama-style BPE (SentencePiece ▁ spaces, `</s>`) trained
-here, never downloaded.
+The documents are the fixed test corpus (tests/data/corpus: Shakespeare's poems) cut into
+paragraphs (plus some non-ASCII ones); the tokenizer.json is a Llama-style BPE (SentencePiece
+▁ spaces, `</s>`) trained here, never downloaded.
 """
 
 import gzip
@@ -32,6 +32,7 @@ from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError, TokenizerError
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 TINY = ["--preset", "photon-tiny", "--seq-len", "64", "--batch-size", "4", "--dtype", "fp32",
         "--eval-tokens", "1024", "--log-every", "1"]
 
@@ -41,7 +42,7 @@ def env(tmp_path_factory):
     """Documents, the same documents as JSON Lines / Parquet / zstd JSON Lines, a
     tokenizer.json, and a private cache."""
     root = tmp_path_factory.mktemp("data")
-    docs = [d.strip() for p in sorted([ROOT / "README.md", *ROOT.glob("photon/**/*.py")])
+    docs = [d.strip() for p in sorted(CORPUS.glob("*.txt"))
             for d in p.read_text().split("\n\n") if d.strip()]
     docs[3:3] = ["", "naïve café ☃ — 日本語のテキスト", "Ünïcödé\nacross\nlines"]
     rows = [{"id": i, "meta": {"n": i}, "text": d} for i, d in enumerate(docs)]
@@ -123,8 +124,9 @@ def test_workers_and_sharding_do_not_change_the_result(env, tmp_path):
     (src / "b.jsonl.gz").write_bytes(gzip.compress("".join(lines[150:300]).encode()))
     rest = [json.loads(x)["text"] for x in lines[300:]]
     pq.write_table(pa.table({"text": rest}), src / "c.parquet", row_group_size=50)
-    (src / "d.txt").write_text((ROOT / "README.md").read_text())
-    (src / "e.md.gz").write_bytes(gzip.compress((ROOT / "pyproject.toml").read_bytes()))
+    (src / "d.txt").write_text((CORPUS / "sonnets-001-050.txt").read_text())
+    (src / "e.md.gz").write_bytes(gzip.compress((CORPUS / "the-passionate-pilgrim.txt")
+                                                .read_bytes()))
     outs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"

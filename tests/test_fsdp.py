@@ -27,6 +27,7 @@ from photon.data.prepare import load_tokens, prepare
 from photon.training.train import Distributed, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 COMMON = ["--preset", "photon-tiny", "--seq-len", "64", "--batch-size", "8", "--micro-batch",
           "2", "--dtype", "fp32", "--eval-tokens", "1024", "--log-every", "1", "--eval-every",
           "4", "--save-every", "2", "--keep", "10", "--max-steps", "8"]
@@ -35,12 +36,12 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """A prepared directory of this repository's text (bytes tokenizer)."""
+    """A prepared directory of the fixed test corpus (bytes tokenizer)."""
     root = tmp_path_factory.mktemp("fsdp")
     src = root / "src"
     src.mkdir()
-    for p in [ROOT / "README.md", *sorted((ROOT / "photon").glob("**/*.py"))]:
-        (src / f"{p.parent.name}-{p.name}.txt").write_text(p.read_text())
+    for p in sorted(CORPUS.glob("*.txt")):
+        (src / p.name).write_text(p.read_text())
     prepare(src, root / "prepared", "bytes", progress=False)
     return root
 

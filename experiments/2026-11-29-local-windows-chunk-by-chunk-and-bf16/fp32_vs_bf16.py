@@ -2,7 +2,12 @@
 128-token prompts, 512 new tokens (decode phase only); the flat model at twice the batch in
 bf16 (the same cache memory). Prints a JSON line per run (dtype-ab.jsonl).
 
-    python docs/bench_memory/s7/dtype_ab.py
+Ran at commit afceb8a. It calls `photon.inference.workload.run_workload` as that tree
+defined it, so it runs from a checkout of that commit, where it sits at
+docs/bench_memory/s7/dtype_ab.py:
+
+    git worktree add /tmp/photon-afceb8a afceb8a && cd /tmp/photon-afceb8a
+    PYTHONPATH=. python docs/bench_memory/s7/dtype_ab.py
 """
 
 import json

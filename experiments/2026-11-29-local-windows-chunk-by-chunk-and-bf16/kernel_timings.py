@@ -1,9 +1,14 @@
-"""The kernel timings behind README's "Local windows, chunk by chunk, and bf16 on this CPU":
+"""The kernel timings behind "Local windows, chunk by chunk, and bf16 on this CPU" (README.md):
 attention at a local window's shapes and over a long cache (SDPA against
 `photon.model.layers.attend`'s matmul path), greedy's `max` against `argmax`, and fp32
 against bf16 matmuls at decoding's shapes. Microseconds per call, median of 5 timings.
 
-    python docs/bench_memory/s7/kernels.py
+Ran at commit afceb8a. It times `photon.model.layers.attend` and `SMALL_WINDOW` as that tree
+defined them, so it runs from a checkout of that commit, where it sits at
+docs/bench_memory/s7/kernels.py:
+
+    git worktree add /tmp/photon-afceb8a afceb8a && cd /tmp/photon-afceb8a
+    PYTHONPATH=. python docs/bench_memory/s7/kernels.py
 """
 
 import statistics

@@ -1,13 +1,21 @@
 """Decode tokens/s of one source tree, as JSON lines: run it for two trees in ABBA order to
 compare them on this machine (its speed drifts by up to 10 % over minutes).
 
-    PYTHONPATH=/work/snapboot:/work/old python docs/bench_memory/s8/tree_ab.py old 1
-    python docs/bench_memory/s8/tree_ab.py new 1   # then new 2, old 2
+It ran at commit 2c4aac9 (the "new" tree) against 8bd6c58 (the "old" one), each tree imported
+from a checkout of its own: PYTHONPATH puts the checkout's photon before the editable install,
+whose import hook comes after the path search. The script itself is this file (it imports only
+names both trees define):
 
-(/work/old: `git worktree add /work/old 8bd6c58`; /work/snapboot/sitecustomize.py drops
-the editable install's import hook so that PYTHONPATH's photon is the one imported.) Batch
-256 (vanilla 52, as the benchmark), 128-token prompts, 1,024 new tokens, greedy; the
-default attention of the tree.
+    git worktree add /tmp/photon-8bd6c58 8bd6c58
+    git worktree add /tmp/photon-2c4aac9 2c4aac9
+    S=$PWD/experiments/2026-11-30-attention-kernel-timed-per-cache/decode_speed_of_a_checkout.py
+    (cd /tmp/photon-8bd6c58 && PYTHONPATH=. python $S old 1)
+    (cd /tmp/photon-2c4aac9 && PYTHONPATH=. python $S new 1)   # then new 2, old 2
+
+(Then it sat at docs/bench_memory/s8/tree_ab.py and needed /work/old and a sitecustomize.py
+in /work/snapboot that dropped the editable install's import hook; the checkouts above need
+neither.) Batch 256 (vanilla 52, as the benchmark), 128-token prompts, 1,024 new tokens,
+greedy; the default attention of the tree.
 """
 
 import json

@@ -3,7 +3,13 @@ thresholds raised to 1 GiB ("tuned": freed memory is kept, no fresh pages per ca
 process per label, run in the order default, tuned, tuned, default. 1,024 new tokens after
 128-token prompts; the page faults per 1,000 tokens as well.
 
-    for l in default tuned tuned default; do python docs/bench_memory/s8/malloc_ab.py $l; done
+Ran at commit 987e1e2. It calls `run_workload` as that tree defined it, so it runs from a
+checkout of that commit, where it sits at docs/bench_memory/s8/malloc_ab.py:
+
+    git worktree add /tmp/photon-987e1e2 987e1e2 && cd /tmp/photon-987e1e2
+    for l in default tuned tuned default; do
+        PYTHONPATH=. python docs/bench_memory/s8/malloc_ab.py $l
+    done
 """
 
 import ctypes

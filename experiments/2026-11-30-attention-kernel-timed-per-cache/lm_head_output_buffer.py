@@ -2,7 +2,11 @@
 FLOP/s, with a fresh output per call ("plain") or written into a buffer kept across calls
 ("out"), one process, ABBA.
 
-    python docs/bench_memory/s8/head_out.py
+Ran at commit 987e1e2. It replaces the LM head's `forward` on the model it builds, so it
+runs from a checkout of that commit, where it sits at docs/bench_memory/s8/head_out.py:
+
+    git worktree add /tmp/photon-987e1e2 987e1e2 && cd /tmp/photon-987e1e2
+    PYTHONPATH=. python docs/bench_memory/s8/head_out.py
 """
 
 import time

@@ -5,7 +5,12 @@ How the fresh process behaves depends on its allocation history: with the same t
 made outside inference mode, only the matmuls' first calls faulted (483 faults per call,
 then none) in one run.
 
-    python docs/bench_memory/s8/faults.py
+Ran at commit 7cbb456. It calls `photon.model.layers.attend` with a kernel argument as that
+tree defined it, so it runs from a checkout of that commit, where it sits at
+docs/bench_memory/s8/faults.py:
+
+    git worktree add /tmp/photon-7cbb456 7cbb456 && cd /tmp/photon-7cbb456
+    PYTHONPATH=. python docs/bench_memory/s8/faults.py
 """
 
 import resource

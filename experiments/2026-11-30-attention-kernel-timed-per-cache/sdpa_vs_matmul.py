@@ -3,7 +3,13 @@ matmuls (`make_decoder(attention=...)`), one process, ABBA per model: what the t
 choice (`photon.inference.cache.fastest_kernel`) changes. DE workload (128-token prompts),
 the benchmark's batches (vanilla 52, PHOTON 256); tokens/s of the decode phase.
 
-    python docs/bench_memory/s8/kernel_ab.py [new tokens, default 2048]
+Ran at commit b9be886. It calls `run_workload(..., attention=)` as that tree defined it
+(today `photon bench --attention sdpa|matmul` compares the two kernels through the
+benchmark), so it runs from a checkout of that commit, where it sits at
+docs/bench_memory/s8/kernel_ab.py:
+
+    git worktree add /tmp/photon-b9be886 b9be886 && cd /tmp/photon-b9be886
+    PYTHONPATH=. python docs/bench_memory/s8/kernel_ab.py [new tokens, default 2048]
 """
 
 import sys

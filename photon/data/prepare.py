@@ -46,11 +46,11 @@ from tqdm import tqdm
 from photon.data.corpus import (
     DocumentHash,
     Split,
-    bpe_sample,
     cache_dir,
     corpus_key,
     get_tokenizer,
     resolve_corpus,
+    train_bpe,
 )
 from photon.data.sources import Piece, PieceReader, plan_pieces
 from photon.data.tokenizer import Tokenizer
@@ -149,8 +149,8 @@ def packed_dir(corpus: str | Path, tokenizer: Tokenizer) -> Path:
     files = resolve_corpus(corpus)
     key = f"{corpus_key(files)}-{tokenizer.fingerprint()}-{Split()}-{FORMAT}"
     target = cache_dir() / "tokens" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (target / MANIFEST).is_file():
-        prepare(corpus, target, tokenizer, workers=1, progress=None, wait=True)
+    if not (target / MANIFEST).is_file():  # progress shows off a terminal too (a log)
+        prepare(corpus, target, tokenizer, workers=1, progress=True, wait=True)
     return target
 
 
@@ -260,7 +260,7 @@ def _work_tokenizer(folder: Path, source, tokenizer: Tokenizer | str, vocab_size
     if tokenizer == "bytes":
         tokenizer = Tokenizer.bytes()
     elif tokenizer == "bpe":
-        tokenizer = Tokenizer.train_bpe(bpe_sample(source, split, text_field), vocab_size)
+        tokenizer = train_bpe(source, split, text_field, vocab_size)
     tokenizer.save(folder.with_name("tokenizer.tmp"))
     os.replace(folder.with_name("tokenizer.tmp"), folder)
     return tokenizer
@@ -441,8 +441,8 @@ class _Progress:
         self.text_bytes = self.disk_bytes = 0  # this run's work, for throughput
         self.bar = tqdm(total=sum(p.size for p in pieces), unit="B", unit_scale=True,
                         initial=sum(pieces[i].size for i in done),
-                        desc="prepare", dynamic_ncols=True, mininterval=0.5,
-                        disable=None if show is None else not show)
+                        desc="prepare", dynamic_ncols=True, disable=None if show is None
+                        else not show, mininterval=0.5 if sys.stderr.isatty() else 10)
 
     def update(self, docs: int, tokens: int, text_bytes: int, disk_bytes: int) -> None:
         self.docs, self.tokens = self.docs + docs, self.tokens + tokens

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from photon.inference.modes import MODES
+
+if TYPE_CHECKING:  # imported when run, to keep `photon --help` fast
+    import numpy as np
+
+    from photon.data.tokenizer import Tokenizer
+    from photon.model.lm import Model
 
 SIZES = ("batch_size", "window", "stride", "max_bytes")  # flags that must be positive
 
@@ -13,30 +21,99 @@ SIZES = ("batch_size", "window", "stride", "max_bytes")  # flags that must be po
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
     from photon.errors import InputError
-    from photon.evaluation.perplexity import evaluate_text, evaluate_tokens
 
     for name in SIZES:  # before the model is loaded; 0 never means "the default"
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    boundaries = _boundaries(args.buckets)
+    by_position = args.by_position or boundaries is not None
+    if by_position and args.stride is not None:
+        raise InputError("--stride does not apply to --by-position: its windows follow one "
+                         "another from each document's start")
     model, tokenizer = load_model(args.checkpoint, device=args.device or "cpu")
     model.eval()
-    options = dict(mode=args.mode, window=args.window, stride=args.stride,
-                   batch_size=args.batch_size, progress=True, decoded=args.decoded)
+    options = dict(mode=args.mode, window=args.window, batch_size=args.batch_size,
+                   progress=True, decoded=args.decoded)
+    how = args.mode + (" (decoded)" if args.decoded else "")
+    what = f"{args.checkpoint} on {args.data} ({args.split}), {how}"
+    if by_position:
+        _by_position(args, model, tokenizer, options, boundaries, what)
+        return
+    from photon.evaluation.perplexity import evaluate_text, evaluate_tokens
+
     tokens = _prepared_tokens(args, tokenizer)
     if tokens is not None:
-        result = evaluate_tokens(model, tokens, tokenizer.token_bytes(), **options)
+        start = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+        result = evaluate_tokens(model, [*start, *tokens.tolist()], tokenizer.token_bytes(),
+                                 stride=args.stride, **options)
     else:
         text = _text(args)
         if args.max_bytes is not None:
             text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
-        result = evaluate_text(model, tokenizer, text, **options)
-    how = result.mode + (" (decoded)" if args.decoded else "")
-    print(f"{args.checkpoint} on {args.data} ({args.split}), {how}: "
-          f"bpb {result.bpb:.4f}  ppl {result.ppl:.2f}  over {result.tokens:,} tokens / "
+        result = evaluate_text(model, tokenizer, text, stride=args.stride, **options)
+    print(f"{what}: bpb {result.bpb:.4f}  ppl {result.ppl:.2f}  over {result.tokens:,} tokens / "
           f"{result.bytes:,} bytes (window {result.window}, stride {result.stride})")
     if args.json:
         print(json.dumps(result.to_dict()))
+
+
+def _by_position(args: argparse.Namespace, model: Model, tokenizer: Tokenizer, options: dict,
+                 boundaries: list[int] | None, what: str) -> None:
+    """Score whole windows from each document's start; print bpb by position bucket."""
+    from photon.data.corpus import split_documents
+    from photon.evaluation.positions import (
+        bucket_starts,
+        evaluate_positions,
+        stream_documents,
+        text_documents,
+    )
+
+    bucket_starts(args.window or model.config.max_seq_len, boundaries)  # before the work
+    tokens = _prepared_tokens(args, tokenizer)
+    if tokens is not None:
+        documents = stream_documents(tokens, tokenizer.eos_id)
+    else:
+        texts = split_documents(args.data, args.split, args.text_field)
+        documents = text_documents(tokenizer, _first_bytes(texts, args.max_bytes))
+    result = evaluate_positions(model, documents, tokenizer.token_bytes(), **options)
+    report = result.to_dict(boundaries)
+    print(f"{what}: bpb {report['bpb']:.4f}  ppl {report['ppl']:.2f}  over "
+          f"{report['tokens']:,} tokens / {report['bytes']:,} bytes (by position: "
+          f"{result.windows:,} windows of {result.window} tokens from {result.documents:,} "
+          f"documents, {result.skipped:,} shorter than a window skipped)")
+    print(f"  {'positions':<12}{'bpb':>8}{'tokens':>13}{'bytes':>14}")
+    for bucket in report["buckets"]:
+        print(f"  {bucket['positions']:<12}{bucket['bpb']:>8.4f}{bucket['tokens']:>13,}"
+              f"{bucket['bytes']:>14,}")
+    if args.json:
+        print(json.dumps(report))
+
+
+def _boundaries(text: str | None) -> list[int] | None:
+    """--buckets 256,1024 as [256, 1024] (checked against the window later)."""
+    from photon.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise InputError(f"--buckets takes positions separated by commas, such as "
+                         f"0,256,1024; got {text!r}") from None
+
+
+def _first_bytes(texts: Iterable[str], budget: int | None) -> Iterator[str]:
+    """The texts up to `budget` UTF-8 bytes in all, the last one cut (all of them for None)."""
+    if budget is None:
+        yield from texts
+        return
+    for text in texts:
+        data = text.encode("utf-8")[:budget]
+        budget -= len(data)
+        yield data.decode("utf-8", errors="ignore")
+        if budget <= 0:
+            return
 
 
 def _text(args: argparse.Namespace) -> str:
@@ -45,9 +122,9 @@ def _text(args: argparse.Namespace) -> str:
     return "\n\n".join(split_documents(args.data, args.split, args.text_field))
 
 
-def _prepared_tokens(args: argparse.Namespace, tokenizer) -> list[int] | None:
-    """The split's tokens of a prepared directory (None for any other --data), after an
-    end-of-document token so that every document token is scored, cut at --max-bytes."""
+def _prepared_tokens(args: argparse.Namespace, tokenizer: Tokenizer) -> np.ndarray | None:
+    """The split's token stream of a prepared directory (every document followed by the
+    end-of-document token) as a numpy array cut at --max-bytes; None for any other --data."""
     import numpy as np
 
     from photon.data.prepare import is_prepared, load_tokens, packed_dir
@@ -60,8 +137,7 @@ def _prepared_tokens(args: argparse.Namespace, tokenizer) -> list[int] | None:
     if args.max_bytes is not None:
         sizes = np.asarray(tokenizer.token_bytes())[tokens]
         tokens = tokens[:int(np.searchsorted(np.cumsum(sizes), args.max_bytes, "right"))]
-    start = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
-    return [*start, *tokens.tolist()]
+    return tokens
 
 
 def add_parser(verbs) -> None:
@@ -72,8 +148,17 @@ def add_parser(verbs) -> None:
                     "truncation bias). Bits per byte compare models with different tokenizers. "
                     "--mode recgen scores PHOTON the way RecGen generates: each window's "
                     "context is the prompt and its scored tokens are predicted with the top "
-                    "stream advanced by the decoder's reconstructions.",
-        epilog="Example: photon eval runs/photon-small --data shakespeare --mode recgen --json")
+                    "stream advanced by the decoder's reconstructions. --by-position asks "
+                    "instead how much the model gains from context: each document is scored "
+                    "from its start in whole windows that follow one another (sharing one "
+                    "token), so the prediction at window position p has exactly p + 1 tokens "
+                    "of the same document in view (in a first window, the start-of-document "
+                    "token and p text tokens); documents shorter than a window are skipped and "
+                    "a tail shorter than a window is left out, so every position averages the "
+                    "same windows. bpb is reported by bucket of positions.",
+        epilog="Examples: photon eval runs/photon-small --data shakespeare --mode recgen --json; "
+               "photon eval runs/photon-small-2k --data data/mix --by-position "
+               "--buckets 256,1024")
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
     p.add_argument("--data", default="shakespeare",
                    help="'shakespeare', a directory made by photon data prepare, or a text, "
@@ -90,10 +175,19 @@ def add_parser(verbs) -> None:
     p.add_argument("--window", type=int, help="tokens per window (default: the model's "
                                               "training context)")
     p.add_argument("--stride", type=int, help="new tokens scored per window (default: half "
-                                              "the window)")
+                                              "the window; not with --by-position)")
+    p.add_argument("--by-position", action="store_true",
+                   help="bpb by position in the window, from whole windows that start at "
+                        "document starts and follow one another (see above)")
+    p.add_argument("--buckets", metavar="P1,P2,...",
+                   help="--by-position's buckets: the positions where one starts (0 is "
+                        "implied; default window/8 and window/2: 0-255, 256-1023, 1024-2046 "
+                        "for a window of 2048); implies --by-position")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--max-bytes", type=int, help="score only the first N bytes of the text")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--json", action="store_true",
-                   help='last stdout line: {"bpb", "ppl", "tokens", "bytes", ...}')
+                   help='last stdout line: {"bpb", "ppl", "tokens", "bytes", ...}, with '
+                        '--by-position also "buckets": [{"positions", "bpb", "tokens", '
+                        '"bytes", ...}] and the documents scored and skipped')
     p.set_defaults(run=run)

@@ -12,11 +12,15 @@ meta-contexts are encoded, and the scored tokens are predicted with the top stre
 the decoder's own reconstructions (`photon.inference.scoring.sequential_logits`). The first
 window's context is scored as a prompt is, by the encoder (HierGen), as there is nothing
 before it.
+
+`window_nll` is the per-window scoring that `photon.evaluation.positions` (bits per byte by
+position in the window) shares.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -69,10 +73,29 @@ def mode_logits(model: Model, ids: Tensor, prompt_len: int, mode: str,
     return model(ids).logits
 
 
-def _window_nll(model: Model, ids: Tensor, first: int, mode: str, prompt_len: int,
-                decoded: bool) -> Tensor:
-    """Summed next-token NLL (nats) of ids[:, first:] for a batch of equal windows."""
-    return token_nll(mode_logits(model, ids, prompt_len, mode, decoded), ids)[:, first - 1:].sum()
+def window_nll(model: Model, ids: Tensor, starts: Sequence[int], length: int,
+               prompt_len: int, mode: str, decoded: bool = False, batch_size: int = 8,
+               bar: tqdm | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """The windows ids[s:s + length] of a token stream ids [N] for each of `starts`,
+    `batch_size` per forward pass: (windows [b, length], next-token NLL [b, length - 1] in
+    nats, float64), both on the CPU; NLL[:, i] is token i+1's, as `mode_logits` predicts it
+    after a prompt of `prompt_len` tokens."""
+    device = next(model.parameters()).device
+    for i in range(0, len(starts), batch_size):
+        batch = torch.stack([ids[s:s + length] for s in starts[i:i + batch_size]])
+        on_device = batch.to(device)
+        nll = token_nll(mode_logits(model, on_device, prompt_len, mode, decoded), on_device)
+        if bar is not None:
+            bar.update(len(batch))
+        yield batch, nll.double().cpu()
+
+
+def check_sizes(window: int, batch_size: int) -> None:
+    """A clear `InputError` for a window or a batch size no evaluation can use."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+    if window < 2:
+        raise InputError(f"window must be at least 2 tokens, got {window}")
 
 
 @torch.no_grad()
@@ -85,15 +108,11 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
     check_mode(model.config, mode)
     if len(tokens) < 2:
         raise InputError("the text is too short to score: it needs at least 2 tokens")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
     window = model.config.max_seq_len if window is None else window
-    if window < 2:
-        raise InputError(f"window must be at least 2 tokens, got {window}")
+    check_sizes(window, batch_size)
     stride = window // 2 if stride is None else stride
     if not 0 < stride < window:
         raise InputError(f"stride must be in [1, window - 1 = {window - 1}], got {stride}")
-    device = next(model.parameters()).device
     ids = torch.tensor(tokens, dtype=torch.long)
     spans = windows(len(tokens), window, stride)
     # Windows of one shape (the same length and scored offset) are batched together.
@@ -103,14 +122,12 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
     total = torch.zeros((), dtype=torch.float64)
     bar = tqdm(total=len(spans), desc=f"eval ({mode})", unit="window", disable=not progress)
     for (length, offset), starts in groups.items():
-        for i in range(0, len(starts), batch_size):
-            batch = torch.stack([ids[s:s + length] for s in starts[i:i + batch_size]])
-            # The prompt is the unscored context; the very first window has none before its
-            # scored tokens, so it keeps a full window's worth of context as its prompt.
-            prompt_len = offset if offset > 1 else length - stride
-            total += _window_nll(model, batch.to(device), offset, mode,
-                                 max(prompt_len, 0), decoded).double().cpu()
-            bar.update(len(batch))
+        # The prompt is the unscored context; the very first window has none before its
+        # scored tokens, so it keeps a full window's worth of context as its prompt.
+        prompt_len = max(offset if offset > 1 else length - stride, 0)
+        for _, nll in window_nll(model, ids, starts, length, prompt_len, mode, decoded,
+                                 batch_size, bar):
+            total += nll[:, offset - 1:].sum()
     bar.close()
     n_scored = len(tokens) - 1
     n_bytes = sum(token_bytes[t] for t in tokens[1:])

@@ -44,8 +44,12 @@ def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Next-token negative log-likelihood of every position, [B, T-1] nats: logits[:, i] is
     scored against labels[:, i + 1]; a label of -100 scores 0 (ignored)."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:],
-                           ignore_index=-100, reduction="none")
+    B, T, V = logits.shape
+    # Rows of V contiguous logits: a softmax over a strided class dimension ([B, V, T]) is
+    # several times slower on a CPU (a sixth of a training step at 2,048 tokens).
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1),
+                          ignore_index=-100, reduction="none")
+    return nll.view(B, T - 1)
 
 
 def token_loss(logits: Tensor, labels: Tensor) -> Tensor:

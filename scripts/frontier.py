@@ -1,0 +1,353 @@
+"""The compute-optimal frontier at 2,048 tokens on the mixed corpus (issue 28), resumable.
+
+Every run trains with `photon train` and is scored with `photon eval --by-position` (the
+validation split of the mixed corpus, and the held-out Brown corpus), both run from a pinned
+checkout of one commit, so work on main does not change a sweep that spans sessions. Each
+finished run is one JSON in the experiment folder, committed at once (command, commit,
+machine, parameters, tokens, steps, wall time, bpb, bpb by position); a rerun skips what is
+committed. Checkpoints stay in --runs, outside git.
+
+    git worktree add /work/frontier-checkout <commit>              # pin the code once
+    python scripts/frontier.py --plan                               # the grid and its cost
+    python scripts/frontier.py --checkout /work/frontier-checkout --hours 2.5 --jobs 2
+
+The grid (what the issue asks): 4,096 tokens a step (2 x 2,048), at least 300 steps a run;
+vanilla and bounded PHOTON at a ladder of widths with the small presets' shapes (head size 32,
+SwiGLU 2.5 d) at 3e13 (where 300 steps fit), 1e14 and 3e14 training FLOPs; three learning
+rates for each at the middle width at 1e14 first, the best then fixed for the kind (block and
+the paper's form take bounded's, the sliding window vanilla's); block at two widths, the
+paper's PHOTON at one; the sliding-window flat model at vanilla's best width with the window
+whose ring holds bounded PHOTON's cache bytes at 2,176 tokens, and 4x that window.
+
+`--jobs N` runs N at once with `--threads` threads each (default 1: OMP_NUM_THREADS=1). A run
+is started only if its estimated time (its FLOPs at the rate its kind reached in the runs
+already finished on this machine with as many threads, plus a margin) fits in what is left of
+--hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import photon
+from photon.device import environment
+from photon.inference.workload import analytic_cache_bytes
+from photon.model.lm import count_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = ROOT / "experiments" / "2026-12-07-frontier-2k"
+SEQ_LEN, BATCH, VOCAB = 2048, 2, 8192
+TOKENS_PER_STEP = SEQ_LEN * BATCH
+MIN_STEPS = 300
+DE_CONTEXT = 128 + 2048  # the DE workload's sequence: what the equal-memory window holds
+PRESETS = {"vanilla": "vanilla-small", "bounded": "photon-small-bounded", "block": "block-small",
+           "photon": "photon-small", "swa": "vanilla-small"}
+# Head size 32 and d_ff 2.5 d, as the small presets. A ladder starts at the middle five and
+# grows by one width on the side where its best run sits, until the best is inside it.
+WIDTHS = (32, 48, 64, 96, 128, 192, 256, 320, 384)
+FIRST_LADDER = (64, 96, 128, 192, 256)
+MIDDLE = 128
+LRS = (2e-3, 1e-3, 4e-3)  # the trainer's default first: the first runs compare the kinds
+BUDGETS = (1e14, 3e14, 3e13)  # in the order they are run
+SIZES_OF = {"block": (128, 192), "photon": (128,)}
+LR_FROM = {"block": "bounded", "photon": "bounded", "swa": "vanilla"}
+EMBEDDINGS = ("embed", "enc_embed", "dec_embed", "lm_head")
+# Training FLOP/s of one thread, per kind, until a finished run on this machine says better
+# (d128 at 2,048 tokens on a 2-core EPYC with other work running: vanilla about 27e9,
+# bounded about 23e9; attention is half of vanilla's FLOPs there, and runs slowest).
+DEFAULT_RATE = {"vanilla": 24e9, "swa": 24e9, "bounded": 20e9, "block": 20e9, "photon": 18e9}
+MARGIN = 1.15
+EVAL_BYTES = 2_000_000  # per evaluation: about 500 windows of 2,048 tokens
+
+
+@dataclass(frozen=True)
+class Run:
+    kind: str
+    d_model: int
+    flops: float
+    lr: float
+    window: int = 0
+
+    @property
+    def name(self) -> str:
+        budget = f"{self.flops:.0e}".replace("+", "")
+        window = f"-w{self.window}" if self.window else ""
+        return f"{self.kind}-d{self.d_model}{window}-{budget}-lr{self.lr:g}"
+
+    def overrides(self) -> dict:
+        fields = dict(d_model=self.d_model, n_heads=self.d_model // 32,
+                      d_ff=self.d_model * 5 // 2)
+        return {**fields, "window": self.window} if self.window else fields
+
+    def config(self):
+        return photon.get_preset(PRESETS[self.kind]).replace(
+            vocab_size=VOCAB, max_seq_len=SEQ_LEN, **self.overrides())
+
+    @property
+    def steps(self) -> int:
+        return int(self.flops // (photon.training_flops_per_token(self.config())
+                                  * TOKENS_PER_STEP))
+
+
+def committed() -> dict[str, dict]:
+    """The finished runs, by name, from the experiment folder."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((FOLDER / "runs").glob("*.json"))}
+
+
+def best(done: dict[str, dict], runs: list[Run]) -> Run | None:
+    """The run of `runs` with the lowest validation bpb, once all of them are done."""
+    if not runs or any(r.name not in done for r in runs):
+        return None
+    return min(runs, key=lambda r: done[r.name]["val_bpb"])
+
+
+def best_lr(kind: str, done: dict[str, dict]) -> float | None:
+    tuned = best(done, [Run(LR_FROM.get(kind, kind), MIDDLE, 1e14, lr) for lr in LRS])
+    return tuned and tuned.lr
+
+
+def ladder(kind: str, budget: float, lr: float, done: dict[str, dict]) -> list[Run]:
+    """The widths of `kind` at `budget` (those that reach MIN_STEPS), grown past an end of
+    the ladder while the best finished run sits there."""
+    def runs(widths) -> list[Run]:
+        return [r for r in (Run(kind, d, budget, lr) for d in widths) if r.steps >= MIN_STEPS]
+
+    if kind in SIZES_OF:
+        return runs(SIZES_OF[kind])
+    lo, hi = WIDTHS.index(FIRST_LADDER[0]), WIDTHS.index(FIRST_LADDER[-1])
+    while True:
+        current = runs(WIDTHS[lo:hi + 1])
+        top = best(done, current)
+        if top is None or len(current) < 2:
+            return current
+        if top == current[0] and lo > 0:
+            lo -= 1
+        elif top == current[-1] and hi + 1 < len(WIDTHS) and runs(WIDTHS[hi + 1:hi + 2]):
+            hi += 1
+        else:
+            return current
+
+
+def equal_memory_window(vanilla: Run, bounded: Run) -> int:
+    """Positions of `vanilla`'s KV cache that hold the bytes of `bounded`'s caches at the DE
+    workload's 2,176 tokens (fp32)."""
+    def cache_bytes(run: Run, context: int) -> int:
+        model = photon.build_model(run.config(), device="meta")
+        return analytic_cache_bytes(model, "hiergen", context, torch.float32)
+    return max(2, round(cache_bytes(bounded, DE_CONTEXT) / cache_bytes(vanilla, 1)))
+
+
+def plan(done: dict[str, dict]) -> tuple[list[Run], int]:
+    """(the runs that can start now, in order; how many more wait on results not in yet)."""
+    ready: list[Run] = []
+    waiting = 0
+    ready += [Run(kind, MIDDLE, 1e14, lr) for lr in LRS for kind in ("vanilla", "bounded")]
+    for budget in BUDGETS:
+        for kind in ("vanilla", "bounded", "block", "photon"):
+            lr = best_lr(kind, done)
+            if lr is None:
+                waiting += len(ladder(kind, budget, LRS[0], done))
+                continue
+            ready += ladder(kind, budget, lr, done)
+        lr = best_lr("swa", done)
+        vanilla = best(done, ladder("vanilla", budget, lr, done)) if lr else None
+        bounded_lr = best_lr("bounded", done)
+        bounded = best(done, ladder("bounded", budget, bounded_lr, done)) if bounded_lr else None
+        if vanilla is None or bounded is None:
+            waiting += 2
+            continue
+        window = equal_memory_window(vanilla, bounded)
+        ready += [Run("swa", vanilla.d_model, budget, lr, w) for w in (window, 4 * window)]
+    unique = list(dict.fromkeys(r for r in ready if r.name not in done))
+    return unique, waiting
+
+
+def rate(kind: str, done: dict[str, dict], machine: dict) -> float:
+    """Training FLOP/s of `kind`: the slowest of its finished runs on this machine with as
+    many threads, or a default for one thread."""
+    rates = [r["flops"] / r["train_wall_s"] for r in done.values()
+             if r["kind"] == kind and r["machine"]["cpu"] == machine["cpu"]
+             and r["machine"]["threads_per_run"] == machine["threads_per_run"]]
+    return min(rates) if rates else DEFAULT_RATE[kind]
+
+
+def estimate_s(run: Run, done: dict[str, dict], machine: dict) -> float:
+    """Seconds `run` is expected to take: its FLOPs at its kind's rate, its evaluation (about
+    a tenth more) and a margin."""
+    return MARGIN * 1.1 * run.flops / rate(run.kind, done, machine)
+
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.checkout = Path(args.checkout).resolve()
+        self.commit = subprocess.run(["git", "-C", str(self.checkout), "rev-parse", "HEAD"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
+                    "PYTHONPATH": str(self.checkout), "TQDM_DISABLE": "1"}
+        self.machine = environment_of_this_machine(args.threads)
+        self.lock = threading.Lock()
+
+    def photon_cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "photon.cli", *args]
+
+    def train_cmd(self, run: Run, out: Path) -> list[str]:
+        sets = [x for k, v in run.overrides().items() for x in ("--set", f"{k}={v}")]
+        cmd = self.photon_cmd("train", "--data", str(Path(self.args.data).resolve()),
+                              "--preset", PRESETS[run.kind], *sets, "--seq-len", str(SEQ_LEN),
+                              "--batch-size", str(BATCH), "--flops", f"{run.flops:g}", "--lr",
+                              f"{run.lr:g}", "--eval-every", "100", "--save-every", "50",
+                              "--keep", "1", "--out", str(out), "--json")
+        return cmd + (["--resume", str(out)] if any(out.glob("step-*")) else [])
+
+    def eval_cmd(self, out: Path, data: str, split: str) -> list[str]:
+        return self.photon_cmd("eval", str(out), "--data", str(Path(data).resolve()), "--split",
+                               split, "--by-position", "--window", str(SEQ_LEN), "--max-bytes",
+                               str(EVAL_BYTES), "--json")
+
+    def last_json(self, cmd: list[str], log: Path) -> dict:
+        with log.open("a") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,
+                                    env=self.env, cwd=self.checkout)
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(cmd[2:5])} failed ({result.returncode}); see {log}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def execute(self, run: Run) -> None:
+        out = Path(self.args.runs).resolve() / run.name
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / "sweep.log"
+        started = time.monotonic()
+        train = self.train_cmd(run, out)
+        summary = self.last_json(train, log)
+        train_s = time.monotonic() - started
+        val = self.last_json(self.eval_cmd(out, self.args.data, "val"), log)
+        brown = self.last_json(self.eval_cmd(out, self.args.brown, "all"), log)
+        total, modules = count_parameters(run.config())
+        record = {
+            **asdict(run), "name": run.name, "preset": PRESETS[run.kind],
+            "overrides": run.overrides(), "seq_len": SEQ_LEN, "batch_size": BATCH,
+            "params": total,
+            "params_non_embedding": total - sum(modules.get(m, 0) for m in EMBEDDINGS),
+            "steps": summary["step"], "tokens": summary["tokens"], "flops": summary["flops"],
+            "train_wall_s": train_s, "eval_wall_s": time.monotonic() - started - train_s,
+            "train_loss": summary.get("loss"), "train_val_bpb": summary.get("val_bpb"),
+            "val_bpb": val["bpb"], "brown_bpb": brown["bpb"], "val": val, "brown": brown,
+            "commands": {"train": " ".join(train[2:]),
+                         "eval_val": " ".join(self.eval_cmd(out, self.args.data, "val")[2:]),
+                         "eval_brown": " ".join(self.eval_cmd(out, self.args.brown, "all")[2:])},
+            "commit": self.commit, "machine": self.machine,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.commit_record(run, record)
+
+    def commit_record(self, run: Run, record: dict) -> None:
+        path = FOLDER / "runs" / f"{run.name}.json"
+        with self.lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+            if not self.args.no_commit:
+                subprocess.run(["git", "-C", str(ROOT), "add", str(path)], check=True)
+                subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m",
+                                f"frontier: {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
+                                f"{record['brown_bpb']:.4f} ({record['steps']} steps)",
+                                "--", str(path)], check=True)
+        print(f"done {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
+              f"{record['brown_bpb']:.4f}, {record['train_wall_s'] / 60:.0f} min", flush=True)
+
+    def loop(self) -> None:
+        deadline = time.monotonic() + self.args.hours * 3600
+        running: dict[str, threading.Thread] = {}
+        failed: set[str] = set()
+
+        def work(run: Run) -> None:
+            try:
+                self.execute(run)
+            except Exception as e:  # one broken run must not stop the others
+                print(f"FAILED {run.name}: {e}", flush=True)
+                failed.add(run.name)
+
+        while True:
+            running = {n: t for n, t in running.items() if t.is_alive()}
+            done = committed()
+            ready, waiting = plan(done)
+            ready = [r for r in ready if r.name not in running and r.name not in failed]
+            left = deadline - time.monotonic()
+            fits = [r for r in ready if estimate_s(r, done, self.machine) < left]
+            while fits and len(running) < self.args.jobs:
+                run = fits.pop(0)
+                print(f"start {run.name} ({run.steps} steps, about "
+                      f"{estimate_s(run, done, self.machine) / 60:.0f} min)", flush=True)
+                running[run.name] = threading.Thread(target=work, args=(run,))
+                running[run.name].start()
+            if not running:
+                print(f"stopping: {len(done)} runs committed, {len(ready)} ready but not "
+                      f"fitting in {left / 60:.0f} min, {waiting} waiting on results",
+                      flush=True)
+                return
+            time.sleep(10)
+
+
+def environment_of_this_machine(threads: int) -> dict:
+    """The CPU, its cores and the software versions (the commit is the checkout's)."""
+    env = environment(torch.device("cpu"), torch.float32)
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")),
+                     [])
+    return {"cpu": env["cpu"], "cores": os.cpu_count(), "torch": env["torch"],
+            "python": env["python"], "threads_per_run": threads,
+            "bf16": any(f in flags for f in ("avx512_bf16", "amx_bf16"))}
+
+
+def show_plan(threads: int) -> None:
+    done = committed()
+    ready, waiting = plan(done)
+    machine = environment_of_this_machine(threads)
+    total = 0.0
+    print(f"{len(done)} runs committed; ready now:")
+    for run in ready:
+        seconds = estimate_s(run, done, machine)
+        total += seconds
+        print(f"  {run.name:34s} {run.steps:6d} steps  {seconds / 3600:5.2f} h")
+    print(f"{total / 3600:.1f} thread-hours for these; {waiting} more runs wait on their "
+          f"results (each as long as its budget's runs above)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkout", help="the pinned checkout that trains and evaluates")
+    parser.add_argument("--data", default="data/mix-bpe8192",
+                        help="prepared mixed corpus (photon data corpus, then photon data "
+                             "prepare --vocab-size 8192)")
+    parser.add_argument("--brown", default="data/mix/brown", help="the held-out Brown corpus")
+    parser.add_argument("--runs", default="runs/frontier", help="checkpoints (not in git)")
+    parser.add_argument("--hours", type=float, default=2.5, help="start nothing that would "
+                                                                 "end after this")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--plan", action="store_true", help="print the grid and its cost")
+    parser.add_argument("--no-commit", action="store_true", help="write results, commit nothing")
+    args = parser.parse_args()
+    if args.plan:
+        show_plan(args.threads)
+        return
+    if not args.checkout:
+        parser.error("--checkout is required to run (git worktree add DIR COMMIT)")
+    Sweep(args).loop()
+
+
+if __name__ == "__main__":
+    main()

@@ -237,7 +237,7 @@ class Sweep:
         brown = self.last_json(self.eval_cmd(out, self.args.brown, "all"), log)
         total, modules = count_parameters(run.config())
         record = {
-            **asdict(run), "name": run.name, "preset": PRESETS[run.kind],
+            **asdict(run), "budget": run.flops, "name": run.name, "preset": PRESETS[run.kind],
             "overrides": run.overrides(), "seq_len": SEQ_LEN, "batch_size": BATCH,
             "params": total,
             "params_non_embedding": total - sum(modules.get(m, 0) for m in EMBEDDINGS),

@@ -17,7 +17,7 @@ GIB = 1024**3
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_HELP = ("default bf16 on CUDA, fp32 on the CPU; on a CPU with AVX512-BF16 or AMX, bf16 "
               "decodes PHOTON about twice as fast but the flat model's long-cache attention "
-              "more slowly (README, Benchmark)")
+              "more slowly (docs/benchmark.md)")
 
 
 def resolve_device(requested: str | torch.device | None = None) -> torch.device:

@@ -17,7 +17,8 @@
    ..., decoder (--rounds loads), each load against the mean of the decoder runs on either
    side of it; the median round is the result, the range next to it.
 
-    python scripts/serve_bench.py                  # the README's run (about 25 minutes, idle CPU)
+    python scripts/serve_bench.py                  # the measured run (about 25 minutes, idle CPU)
+                                                   # of experiments/2026-11-29-serving-under-load
     python scripts/serve_bench.py --quick          # a reduced run, about three minutes
 
 Presets get random weights (speed does not depend on them) and a byte-level BPE trained on

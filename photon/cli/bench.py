@@ -129,7 +129,8 @@ def load_models(names: list[str], device, dtype, compile_steps: bool
         if compile_steps:
             # Every model alike, on the device's fastest path: static shapes captured as
             # CUDA graphs on a GPU; dynamic shapes on a CPU, where there is no launch cost to
-            # save and a static step's full-capacity attention is measured slower (README).
+            # save and a static step's full-capacity attention is measured slower
+            # (experiments/2026-11-29-memory-per-sequence-near-the-caches).
             cuda = device.type == "cuda"
             compile_for_decoding(model, static=cuda, mode="reduce-overhead" if cuda else None)
         models.append((name, model))

@@ -75,7 +75,7 @@ def add_parser(verbs) -> None:
                "of a resumed run keep the\ncheckpoint's values.")
     data = p.add_argument_group("model and data")
     data.add_argument("--preset", help="model preset (default photon-small-bounded: PHOTON with "
-                                         "bounded decode memory, docs/hierarchy.md §7)")
+                                         "bounded decode memory, docs/models.md)")
     data.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="change a field of the preset's config (repeatable), e.g. --set "
                            "rec_alpha=0.3 --set chunk_sizes=[2,2]; see photon info PRESET")

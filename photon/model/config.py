@@ -117,7 +117,8 @@ class PhotonConfig(_Common):
     latent_teacher_forcing: bool = False
     # Causal attention window (in positions) of every context encoder below the top; 0 is
     # global attention (the paper's form). At 1 each position reads only its own chunk, so
-    # decoding keeps no KV cache below the top level (docs/hierarchy.md §7).
+    # decoding keeps no KV cache below the top level
+    # (experiments/2026-11-29-does-the-hierarchy-learn §7).
     encoder_window: int = 0
     model_type: ClassVar[str] = "photon"
 
@@ -239,13 +240,14 @@ def _build_presets() -> dict[str, ModelConfig]:
         "small": _cpu(256, 8, 640, 4096, 512, photon=(2, 2), block=(5, 4), vanilla=9),
     }
     presets = {f"{kind}-{size}": cfg for size, trio in trios.items() for kind, cfg in trio.items()}
-    # Ablations of photon-small measured in the README's trade-off experiment.
+    # Ablations of photon-small measured in experiments/2026-11-29-quality-next-to-speed.
     small = presets["photon-small"]
     presets["photon-small-2x2"] = small.replace(chunk_sizes=(2, 2))
     presets["photon-small-A"] = small.replace(variant="A")
     presets["photon-small-tf"] = small.replace(latent_teacher_forcing=True)
-    # Bounded memory with a closed loop (docs/hierarchy.md §7): latent teacher forcing, and a
-    # level-1 encoder that reads only its own chunk, so HierGen caches the top level alone.
+    # Bounded memory with a closed loop (experiments/2026-11-29-does-the-hierarchy-learn §7):
+    # latent teacher forcing, and a level-1 encoder that reads only its own chunk, so HierGen
+    # caches the top level alone.
     for size in trios:
         presets[f"photon-{size}-bounded"] = presets[f"photon-{size}"].replace(
             latent_teacher_forcing=True, encoder_window=1)

@@ -105,8 +105,9 @@ class Attention(nn.Module):
 
 # Two kernels compute the same attention: PyTorch's SDPA, and explicit matmuls with fp32
 # scores. A local window on a CPU (a few keys per sequence) takes the matmuls: there SDPA's
-# flash kernel costs more than the attention itself (docs/bench_memory/s7/kernels.txt: 256
-# sequences, 5 keys, about 1.5x in fp32 and 2.5x in bf16). One rule for training and
+# flash kernel costs more than the attention itself (256 sequences, 5 keys, about 1.5x in
+# fp32 and 2.5x in bf16: kernel_timings.txt in
+# experiments/2026-11-29-local-windows-chunk-by-chunk-and-bf16). One rule for training and
 # decoding: a window's logits do not depend on whether gradients are on. Over more keys
 # neither kernel wins everywhere (on one CPU the matmuls are faster in fp32 and SDPA up to
 # 3.6x faster in bf16), so a decoder's global cache times both on its own shapes and reads

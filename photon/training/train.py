@@ -45,7 +45,7 @@ from photon.training import parallel
 class TrainArgs:
     """Everything that defines a run (saved with every checkpoint)."""
 
-    preset: str = "photon-small-bounded"  # docs/hierarchy.md §7: the bounded-memory form
+    preset: str = "photon-small-bounded"  # the bounded-memory form (docs/models.md)
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config fields
     data: str = SHAKESPEARE  # a corpus (prepared here into the cache) or a prepared directory
     tokenizer: str | None = None  # "bpe" (trained on the corpus; the default), "bytes", a
@@ -85,7 +85,8 @@ MUST_MATCH = ("preset", "overrides", "data", "tokenizer", "vocab_size", "seq_len
 DEFAULT_STEPS = 300
 # Adam's first updates are full-size whatever the gradient; at the full learning rate they
 # write constants into every residual stream and the encoder states collapse within ten
-# steps (docs/hierarchy.md). A long warm-up keeps the hierarchy's streams alive.
+# steps (experiments/2026-11-29-does-the-hierarchy-learn). A long warm-up keeps the hierarchy's
+# streams alive.
 DEFAULT_WARMUP = 150
 
 

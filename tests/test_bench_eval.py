@@ -16,7 +16,7 @@ from photon.device import source_commit
 from photon.evaluation.perplexity import evaluate_tokens, windows
 from photon.inference import workload
 from photon.inference.modes import modes_of
-from photon.model.layers import KERNELS
+from photon.model.attention import KERNELS
 from tests.conftest import make
 
 
@@ -69,17 +69,17 @@ def test_memory_slope_is_the_cache_plus_little():
 def test_choosing_the_attention_kernel_stays_out_of_the_memory_profile(monkeypatch):
     """The kernels' timing (`fastest_kernel`, once per shape) runs before the profile: a
     profile that times them measures what one that finds them chosen does."""
-    from photon.inference import cache
+    from photon.model import attention
 
-    monkeypatch.setattr(cache, "TIMED_BYTES", 0)  # time even a tiny model's caches
-    cache.fastest_kernel.cache_clear()
+    monkeypatch.setattr(attention, "TIMED_BYTES", 0)  # time even a tiny model's caches
+    attention.fastest_kernel.cache_clear()
     model = make("photon-B")
     try:
         timed = workload.memory_profile(model, "hiergen", 16, 256)
-        assert cache.fastest_kernel.cache_info().misses == 2  # one per cached level
+        assert attention.fastest_kernel.cache_info().misses == 2  # one per cached level
         assert workload.memory_profile(model, "hiergen", 16, 256) == timed
     finally:
-        cache.fastest_kernel.cache_clear()
+        attention.fastest_kernel.cache_clear()
 
 
 @pytest.mark.parametrize("name", ["photon-small", "photon-small-bounded"])

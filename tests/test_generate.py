@@ -6,7 +6,12 @@ import torch
 import photon
 from photon.errors import CacheFullError, InputError
 from photon.inference.cache import KVCache
-from photon.inference.decoders import FlatDecoder, PhotonDecoder, make_decoder
+from photon.inference.decoders import (
+    DecodeOptions,
+    FlatDecoder,
+    PhotonDecoder,
+    attention_kernels,
+)
 from photon.inference.generate import generate
 from photon.inference.scoring import sequential_logits
 from photon.inference.workload import analytic_cache_bytes
@@ -46,7 +51,7 @@ def test_every_attention_kernel_decodes_as_the_forward_pass(kind, mode, attentio
     attend = layers.attend
     monkeypatch.setattr(layers, "attend", lambda *args: used.add(args[-1]) or attend(*args))
     outputs, logits = generate(model, PROMPTS, 21, mode=mode, return_logits=True,
-                               attention=attention)
+                               options=DecodeOptions(attention=attention))
     assert attention in used
     monkeypatch.undo()
     for prompt, new, step_logits in zip(PROMPTS, outputs, logits, strict=True):
@@ -62,7 +67,7 @@ def kernel_timings(monkeypatch):
     the kernel named in `slow[0]` takes a millisecond a call; forgets what it chose after."""
     import time
 
-    from photon.inference import cache
+    from photon.model import attention
 
     slow = ["matmul"]
 
@@ -70,30 +75,31 @@ def kernel_timings(monkeypatch):
         if kernel == slow[0]:
             time.sleep(1e-3)
 
-    cache.fastest_kernel.cache_clear()
-    monkeypatch.setattr(cache, "attend", attend)
-    monkeypatch.setattr(cache, "BLOCK_S", 2e-3)
-    yield cache, slow
-    cache.fastest_kernel.cache_clear()
+    attention.fastest_kernel.cache_clear()
+    monkeypatch.setattr(attention, "attend", attend)
+    monkeypatch.setattr(attention, "BLOCK_S", 2e-3)
+    yield attention, slow
+    attention.fastest_kernel.cache_clear()
 
 
 def test_auto_attention_takes_the_kernel_timed_faster(kernel_timings):
     """"auto" takes the kernel that was faster on random values laid out as a cache, timed
     once per shape; `attend`'s own rule (None) for a read too small to time or a static
     cache; an unknown kernel is refused."""
-    cache, slow = kernel_timings
+    attention, slow = kernel_timings
     cpu = torch.device("cpu")
-    assert cache.fastest_kernel(4, 16, 64, 1, cpu, torch.float32) is None  # 1 MiB: untimed
-    assert cache.fastest_kernel(8, 64, 256, 1, cpu, torch.float32) == "sdpa"
+    assert attention.fastest_kernel(4, 16, 32, 1, cpu, torch.float32) is None  # 1 MiB: untimed
+    assert attention.fastest_kernel(8, 64, 256, 1, cpu, torch.float32) == "sdpa"
     slow[0] = "sdpa"
-    assert cache.fastest_kernel(8, 64, 256, 1, cpu, torch.float32) == "sdpa"  # remembered
-    assert cache.fastest_kernel(8, 64, 256, 4, cpu, torch.float32) == "matmul"
-    config = make("vanilla").config.replace(d_model=512, n_heads=8)
-    assert cache.cache_kernels(config, "hiergen", 1024, cpu, torch.float32) == ["matmul"]
-    assert cache.cache_kernels(config, "hiergen", 1024, cpu, torch.float32,
-                               static=True) == [None]
+    assert attention.fastest_kernel(8, 64, 256, 1, cpu, torch.float32) == "sdpa"  # remembered
+    assert attention.fastest_kernel(8, 64, 256, 4, cpu, torch.float32) == "matmul"
+    wide = make("vanilla").to(torch.float32)
+    wide = photon.build_model(wide.config.replace(d_model=512, n_heads=8)).eval()
+    assert attention_kernels(wide, "hiergen", 1024) == ["matmul"]
+    assert attention_kernels(wide, "hiergen", 1024, DecodeOptions(static=True)) == [None]
+    assert attention_kernels(wide, "hiergen", 1024, DecodeOptions(attention="sdpa")) == ["sdpa"]
     with pytest.raises(ValueError, match="attention"):
-        make_decoder(make("vanilla"), "hiergen", 2, 32, attention="flash")
+        DecodeOptions(attention="flash")
     with pytest.raises(ValueError, match="kernel"):
         KVCache(1, 1, 4, 16, 8, "cpu", torch.float32, kernel="flash")
 

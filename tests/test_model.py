@@ -256,7 +256,7 @@ def test_attention_at_decode_shapes_equals_sdpa(kernel, dtype, tol, T, S, mask_r
     output dtype's rounding."""
     import torch.nn.functional as F
 
-    from photon.model.layers import attend, window_mask
+    from photon.model.attention import attend, window_mask
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (3 * torch.randn(3, 2, n, 8, generator=g) for n in (T, S, S))

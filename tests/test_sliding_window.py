@@ -8,7 +8,7 @@ import torch
 import photon
 from photon.errors import ConfigError
 from photon.inference.cache import RingKVCache
-from photon.inference.decoders import FlatDecoder, make_decoder
+from photon.inference.decoders import DecodeOptions, FlatDecoder, make_decoder
 from photon.inference.generate import generate
 from photon.inference.workload import analytic_cache_bytes, memory_profile, run_workload
 from photon.model.config import get_preset
@@ -106,7 +106,5 @@ def test_swa_preset_matches_bounded_photons_cache_bytes_at_the_de_workload():
 
 
 def test_static_decoding_of_a_ring_is_refused():
-    model = make("vanilla-swa")
-    model.static_caches = True
     with pytest.raises(ConfigError, match="ring"):
-        make_decoder(model, "hiergen", 2, 64)
+        make_decoder(make("vanilla-swa"), "hiergen", 2, 64, DecodeOptions(static=True))

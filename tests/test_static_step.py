@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from photon.errors import CacheFullError
-from photon.inference.decoders import compile_for_decoding, make_decoder
+from photon.errors import CacheFullError, ConfigError
+from photon.inference.decoders import DecodeOptions, compile_for_decoding, make_decoder
 from photon.inference.generate import generate
 from photon.inference.sampling import make_sampler
 from tests.conftest import make
@@ -22,13 +22,6 @@ CASES = [("vanilla", "hiergen"), ("photon-B", "hiergen"), ("photon-B", "recgen")
          ("photon-W1-TF", "hiergen"), ("photon-L3", "recgen")]
 
 
-def static(model):
-    """The model, whose decoders get static caches (what `compile_for_decoding` sets)."""
-    model = copy.deepcopy(model)
-    model.static_caches = True
-    return model
-
-
 @pytest.mark.parametrize("attention", ["auto", "matmul"])
 @pytest.mark.parametrize(("kind", "mode"), CASES)
 def test_static_caches_decode_exactly_like_dynamic_ones(kind, mode, attention):
@@ -36,8 +29,8 @@ def test_static_caches_decode_exactly_like_dynamic_ones(kind, mode, attention):
     of the whole capacity decodes what a dynamic cache does."""
     model = make(kind)
     want, want_logits = generate(model, PROMPTS, 37, mode=mode, return_logits=True)
-    got, got_logits = generate(static(model), PROMPTS, 37, mode=mode, return_logits=True,
-                               attention=attention)
+    got, got_logits = generate(model, PROMPTS, 37, mode=mode, return_logits=True,
+                               options=DecodeOptions(static=True, attention=attention))
     assert got == want
     for a, b in zip(got_logits, want_logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -48,8 +41,10 @@ def test_static_caches_decode_exactly_like_dynamic_ones(kind, mode, attention):
 def test_a_full_static_cache_raises_cache_full_when_compiled(kind, mode):
     """A compiled step does not check the room itself: the decoder does, on the host."""
     model = make(kind)
-    compile_for_decoding(model, static=True, backend="aot_eager")
-    decoder = make_decoder(model, mode, 1, 32)
+    options = compile_for_decoding(model, static=True, backend="aot_eager")
+    with pytest.raises(ConfigError, match="compile_for_decoding returned"):
+        make_decoder(model, mode, 1, 32)  # a static model given no options
+    decoder = make_decoder(model, mode, 1, 32, options)
     sampler = make_sampler()
     with torch.inference_mode():
         decoder.prefill(torch.tensor([[5] * 16]), torch.tensor([16]))
@@ -58,10 +53,10 @@ def test_a_full_static_cache_raises_cache_full_when_compiled(kind, mode):
                 decoder.step(sampler)
 
 
-def decode_steps(model, mode, steps):
+def decode_steps(model, mode, steps, options=None):
     """Greedy tokens and logits of `steps` steps over a batch of prompts of mixed lengths."""
     ids = torch.tensor([[7, 8, 9, 10, 11, 0, 0], [1, 2, 3, 4, 5, 6, 12]])
-    decoder = make_decoder(model, mode, 2, 7 + steps * 16)
+    decoder = make_decoder(model, mode, 2, 7 + steps * 16, options)
     out = []
     with torch.inference_mode():
         decoder.prefill(ids, torch.tensor([5, 7]))
@@ -75,12 +70,12 @@ def check_compiled_step(kind, mode, backend):
     model = make(kind)
     eager = decode_steps(model, mode, 2)
     compiled = copy.deepcopy(model)
-    compile_for_decoding(compiled, static=True, backend=backend)
+    options = compile_for_decoding(compiled, static=True, backend=backend)
     torch._dynamo.reset()
     counters.clear()
-    warm = decode_steps(compiled, mode, 2)  # compiles every shape a step has
+    warm = decode_steps(compiled, mode, 2, options)  # compiles every shape a step has
     with torch._dynamo.config.patch(error_on_recompile=True):
-        again = decode_steps(compiled, mode, 2)
+        again = decode_steps(compiled, mode, 2, options)
     # The only graph break is the cache's host bookkeeping (a disabled function).
     assert counters["stats"]["unique_graphs"] > 0
     assert all("torch.compiler.disable" in reason for reason in counters["graph_break"])

@@ -10,7 +10,7 @@ random prompts, greedy, no EOS):
 - TPM = throughput / per-sample memory, in K tokens/s/GiB.
 The flat baseline decodes with a preallocated KV cache, the same cache class and attention
 PHOTON uses: each global cache reads through the faster of SDPA and explicit matmuls, timed
-on the machine at hand for its own shapes (`photon.inference.cache.fastest_kernel`), so the
+on the machine at hand for its own shapes (`photon.model.attention.fastest_kernel`), so the
 comparison isolates the architecture.
 """
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from photon.bench.roofline import roofline
 from photon.device import GIB
+from photon.inference.decoders import DecodeOptions
 from photon.inference.modes import FLAT, mode_label
 from photon.inference.workload import (
     analytic_cache_bytes,
@@ -60,25 +61,25 @@ class Row:
     head_gflops: float | None = None  # ... and at the LM head's
     read_gbs: float | None = None  # flat model: weights and KV read per second
     copy_gbs: float | None = None  # flat model: this machine's copy bandwidth
-    # The kernel of each global cache (photon.inference.cache): sdpa, matmul, or rule
+    # The kernel of each global cache (photon.model.attention): sdpa, matmul, or rule
     # (attend's own, for a cache too small to time).
     attention: str | None = None
 
 
 def measure(name: str, model: Model, mode: str, workload: str, prompt_len: int, gen_len: int,
             budget_gib: float, max_batch: int, batches: tuple[int, int],
-            attention: str = "auto") -> Row:
+            options: DecodeOptions | None = None) -> Row:
     """One row of the table: memory slope, the batch that fits, and its throughput;
-    `attention` as `photon.inference.decoders.make_decoder`."""
+    `options` as `photon.inference.decoders.make_decoder`."""
     p = next(model.parameters())
     cache = analytic_cache_bytes(model, mode, prompt_len + gen_len, p.dtype)
     batch, slope = batch_for_budget(model, mode, prompt_len, gen_len, budget_gib, max_batch,
-                                    batches, attention=attention)
+                                    batches, options=options)
     batch = max(batch, 1)  # a budget below one sequence still measures one
     # Untimed: a compiled model compiles this batch's shapes here, not in the timed run.
-    run_workload(model, mode, batch, prompt_len, gen_len, max_steps=2, attention=attention)
+    run_workload(model, mode, batch, prompt_len, gen_len, max_steps=2, options=options)
     prefill_s, total_s, decoder = run_workload(model, mode, batch, prompt_len, gen_len,
-                                               attention=attention)
+                                               options=options)
     tokens_per_s = batch * gen_len / total_s
     mem_gib, cache_row = slope / GIB, decoder.cache_bytes // batch
     return Row(model=name, kind=model.config.kind, mode=mode_label(model.config, mode),
@@ -129,14 +130,14 @@ class SweepPoint:
 
 
 def context_sweep(name: str, model: Model, mode: str, contexts: list[int], batch: int,
-                  gen_len: int, attention: str = "auto") -> list[SweepPoint]:
+                  gen_len: int, options: DecodeOptions | None = None) -> list[SweepPoint]:
     """Per-sample memory and decode time per token as the prompt grows, at a fixed batch."""
     points = []
     for context in contexts:
         slope, _ = memory_profile(model, mode, context, gen_len, (batch, 2 * batch),
-                                  attention=attention)
+                                  options=options)
         prefill_s, total_s, decoder = run_workload(model, mode, batch, context, gen_len,
-                                                   attention=attention)
+                                                   options=options)
         points.append(SweepPoint(
             model=name, mode=mode_label(model.config, mode), context=context,
             batch=batch, mem_per_sample_gib=slope / GIB,

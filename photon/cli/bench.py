@@ -11,7 +11,7 @@ from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import InputError
 from photon.inference.modes import MODES
 from photon.inference.workload import SLOPE_BATCHES
-from photon.model.layers import KERNELS
+from photon.model.attention import OPTIONS
 
 
 def _positive_ints(flag: str, text: str, count: int | None = None) -> list[int]:
@@ -67,16 +67,16 @@ def run(args: argparse.Namespace) -> None:
     budget = args.budget_gib or (0.25 if args.quick else 100.0 if device.type == "cuda" else 2.0)
     max_batch = args.max_batch or (32 if args.quick else 4096 if device.type == "cuda" else 256)
     modes = args.modes.split(",")
-    models = load_models(names, device, dtype, args.compile)
+    models = load_models(names, device, dtype, args.compile, args.attention)
     env = environment(device, dtype)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
     print(f"memory budget {budget} GiB, max batch {max_batch}, slope between batches {batches}")
-    jobs = [(name, model, mode, wl, p, g) for name, model in models
+    jobs = [(name, model, options, mode, wl, p, g) for name, model, options in models
             for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
-    for name, model, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
+    for name, model, options, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
         rows.append(protocol.measure(name, model, mode, wl, p, g, budget, max_batch, batches,
-                                     args.attention))
+                                     options))
     protocol.add_ratios(rows)
     print(protocol.format_table(rows))
 
@@ -86,13 +86,12 @@ def run(args: argparse.Namespace) -> None:
     print(f"plot: {os.path.join(args.out, 'bench.png')}")
     if args.sweep or args.quick:
         points = []
-        sweep_jobs = [(name, model, mode) for name, model in models
+        sweep_jobs = [(name, model, options, mode) for name, model, options in models
                       for mode in modes_of(model.config, modes)]
-        for name, model, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
+        for name, model, options, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
             points += protocol.context_sweep(name, model, mode, contexts,
                                           2 if args.quick else args.sweep_batch,
-                                          32 if args.quick else args.sweep_gen,
-                                          args.attention)
+                                          32 if args.quick else args.sweep_gen, options)
         path = os.path.join(args.out, "context_sweep.png")
         plots.plot_sweep(points, path)
         print(f"context sweep plot: {path}")
@@ -106,13 +105,16 @@ def run(args: argparse.Namespace) -> None:
 
 
 
-def load_models(names: list[str], device, dtype, compile_steps: bool
-                ) -> list[tuple[str, object]]:
-    """Presets (randomly initialised: speed does not depend on the weights) or checkpoints;
-    with `compile_steps`, compiled for decoding (`compile_for_decoding`)."""
+def load_models(names: list[str], device, dtype, compile_steps: bool, attention: str
+                ) -> list[tuple[str, object, object]]:
+    """(name, model, decode options) of presets (randomly initialised: speed does not depend
+    on the weights) or checkpoints; with `compile_steps`, compiled for decoding
+    (`compile_for_decoding`); their caches read through the `attention` kernel."""
+    import dataclasses
+
     import torch
 
-    from photon.inference.decoders import compile_for_decoding
+    from photon.inference.decoders import DecodeOptions, compile_for_decoding
     from photon.model.lm import build_model
 
     models = []
@@ -126,14 +128,16 @@ def load_models(names: list[str], device, dtype, compile_steps: bool
             torch.manual_seed(0)
             model = build_model(name, device=device)
         model = model.to(dtype).eval()
+        options = DecodeOptions()
         if compile_steps:
             # Every model alike, on the device's fastest path: static shapes captured as
             # CUDA graphs on a GPU; dynamic shapes on a CPU, where there is no launch cost to
             # save and a static step's full-capacity attention is measured slower
             # (experiments/2026-11-29-memory-per-sequence-near-the-caches).
             cuda = device.type == "cuda"
-            compile_for_decoding(model, static=cuda, mode="reduce-overhead" if cuda else None)
-        models.append((name, model))
+            options = compile_for_decoding(model, static=cuda,
+                                           mode="reduce-overhead" if cuda else None)
+        models.append((name, model, dataclasses.replace(options, attention=attention)))
     return models
 
 
@@ -170,7 +174,7 @@ def add_parser(verbs) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    p.add_argument("--attention", choices=["auto", *KERNELS], default="auto",
+    p.add_argument("--attention", choices=OPTIONS, default="auto",
                    help="the kernel every model's global KV caches are read through: auto "
                         "times SDPA and explicit matmuls on this machine at each cache's own "
                         "shape and takes the faster (the row's 'attention'; a cache too small "

@@ -12,9 +12,8 @@ and keeps the lengths on the device as well, so a step has the same shapes every
 reads nothing back from the host: what `torch.compile` / CUDA graphs capture once
 (gpt-fast's static cache). Its capacity is checked by the decoder, on the host.
 
-A decode step's few queries read a cache through the faster of the two attention kernels
-(`fastest_kernel`: SDPA or explicit matmuls, timed on the machine at hand for the cache's own
-shape); a prefill's long passes, and caches too small to time, take `attend`'s own rule.
+A decode step's few queries read a cache through the kernel chosen for it
+(`photon.model.attention.choose_kernel`); a prefill's long passes take `attend`'s own rule.
 
 A local decoder's window (at most R + C entries, thrown away at every chunk) is
 `photon.model.layers.LocalKVCache`: training uses it too.
@@ -23,9 +22,7 @@ A local decoder's window (at most R + C entries, thrown away at every chunk) is
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,8 +30,8 @@ import torch
 from torch import Tensor
 
 from photon.errors import CacheFullError
+from photon.model.attention import KERNELS, window_mask
 from photon.model.config import ModelConfig, PhotonConfig
-from photon.model.layers import KERNELS, attend, window_mask
 
 
 @dataclass(frozen=True)
@@ -70,84 +67,6 @@ def global_caches(config: ModelConfig, mode: str, capacity: int) -> list[CacheSh
             if level in cached else None
             for level in range(1, config.n_levels + 1)]
 
-# The kernel is timed for up to this many sequences, whatever the decoder's batch: both
-# kernels' costs grow in proportion to it, and one choice per shape keeps a decode's numbers
-# (and the memory probes' small batches) those of the batch it serves. Fewer where their
-# keys and values would take more than TIMING_BYTES.
-TIMING_BATCH = 64
-TIMING_BYTES = 256 << 20
-# Under this many bytes of keys and values (one layer, TIMING_BATCH sequences) a read costs
-# microseconds through either kernel: a timing would measure noise, so `attend`'s own rule
-# stays (None).
-TIMED_BYTES = 4 << 20
-BLOCK_S = 0.02  # seconds of calls per timed block
-
-
-@functools.cache
-def fastest_kernel(n_heads: int, head_dim: int, keys: int, queries: int,
-                   device: torch.device, dtype: torch.dtype) -> str | None:
-    """The faster of `photon.model.layers.KERNELS` for `queries` new positions of a sequence
-    attending over `keys` cached positions (`CacheShape.mean_keys`), or None (`attend`'s own
-    rule) where that read is too small to time.
-
-    Timed once per shape in a process, on the eager path: up to `TIMING_BATCH` sequences of
-    random values (from a generator of its own) read as a cache is, the filled part of a
-    longer buffer; each kernel's mean time per call over blocks of about `BLOCK_S` seconds,
-    the two kernels alternated, the best of three blocks each. Its tensors are freed on
-    return."""
-    keys = max(keys, queries)
-    per_sequence = 2 * n_heads * (keys + 1) * head_dim * dtype.itemsize  # keys and values
-    if TIMING_BATCH * per_sequence < TIMED_BYTES:
-        return None
-    batch = max(1, min(TIMING_BATCH, TIMING_BYTES // per_sequence))
-    g = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(batch, n_heads, queries, head_dim, device=device, dtype=dtype, generator=g)
-    k, v = (torch.randn(batch, n_heads, keys + 1, head_dim, device=device, dtype=dtype,
-                        generator=g)[:, :, :keys] for _ in range(2))
-    mask = window_mask(torch.arange(keys - queries, keys, device=device)[None], keys) \
-        if queries > 1 else None
-
-    def seconds_per_call(kernel: str, calls: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        for _ in range(calls):
-            attend(q, k, v, mask, kernel)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - started) / calls
-
-    with torch.inference_mode():
-        for kernel in KERNELS:  # warm-up: first calls load and allocate
-            seconds_per_call(kernel, 1)
-        calls = {kernel: max(1, round(BLOCK_S / seconds_per_call(kernel, 2)))
-                 for kernel in KERNELS}
-        best = dict.fromkeys(KERNELS, float("inf"))
-        for _ in range(3):  # alternated: a drift of the machine's speed hits both
-            for kernel in KERNELS:
-                best[kernel] = min(best[kernel], seconds_per_call(kernel, calls[kernel]))
-    return min(KERNELS, key=best.__getitem__)
-
-
-def cache_kernels(config: ModelConfig, mode: str, capacity: int, device: torch.device,
-                  dtype: torch.dtype, attention: str = "auto", static: bool = False
-                  ) -> list[str | None]:
-    """The kernel each global cache of a decoder reads through: `attention` if it names
-    one; under "auto" its `fastest_kernel`, timed for the eager path, so a `static` cache
-    (its whole capacity under a mask every step, compiled) keeps `attend`'s own rule (None).
-    Timed once per shape: calling this before a memory profile keeps the timing's tensors
-    out of it."""
-    if attention not in (*KERNELS, "auto"):
-        raise ValueError(f"attention {attention!r}: expected one of {KERNELS} or 'auto'")
-    shapes = [shape for shape in global_caches(config, mode, capacity) if shape is not None]
-    if attention != "auto":
-        return [attention] * len(shapes)
-    if static:
-        return [None] * len(shapes)
-    return [fastest_kernel(config.n_heads, config.head_dim, shape.mean_keys, shape.queries,
-                           device, dtype) for shape in shapes]
-
-
 class KVCache:
     """Preallocated keys and values [layers, B, heads, capacity, head_dim]."""
 
@@ -155,8 +74,8 @@ class KVCache:
                  device: torch.device | str, dtype: torch.dtype, static: bool = False,
                  kernel: str | None = None, queries: int = 1) -> None:
         """`kernel`: what a step of at most `queries` new positions per sequence attends
-        through, one of `photon.model.layers.KERNELS` or None for `attend`'s own rule
-        (`cache_kernels` picks it)."""
+        through, one of `photon.model.attention.KERNELS` or None for `attend`'s own rule
+        (`choose_kernel` picks it)."""
         if kernel is not None and kernel not in KERNELS:
             raise ValueError(f"attention kernel {kernel!r}: expected one of {KERNELS}")
         shape = (n_layers, batch, n_heads, capacity, head_dim)

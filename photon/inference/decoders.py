@@ -20,15 +20,19 @@ batching through `photon.inference.slots`.
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from photon.errors import ConfigError
-from photon.inference.cache import KVCache, RingKVCache, cache_kernels, global_caches
+from photon.inference.cache import KVCache, RingKVCache, global_caches
 from photon.inference.modes import FLAT, check_mode
 from photon.inference.sampling import Sampler
 from photon.inference.slots import Slots
+from photon.model.attention import check_option, choose_kernel
 from photon.model.layers import Stack
 from photon.model.lm import Model, PhotonLM
 
@@ -39,32 +43,60 @@ def _gather_positions(x: Tensor, start: Tensor, n: int) -> Tensor:
     return x.gather(1, index.expand(-1, -1, x.shape[-1]))
 
 
-def _static(model: Model) -> bool:
-    """Whether `model`'s decoders keep static caches (`compile_for_decoding` made it so)."""
-    return getattr(model, "static_caches", False)
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a decoder runs, beside its model: `static` caches (every step the same shapes,
+    what `compile_for_decoding(static=True)` compiled the model for) and the `attention`
+    kernel its global caches are read through ("auto": timed per cache, or one of
+    `photon.model.attention.KERNELS`)."""
+
+    static: bool = False
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_option(self.attention)
 
 
-def attention_kernels(model: Model, mode: str, capacity: int, attention: str = "auto"
-                      ) -> list[str | None]:
-    """The kernel each global cache of the decoder `make_decoder` builds reads through
-    (`cache_kernels`)."""
-    p = next(model.parameters())
-    return cache_kernels(model.config, mode, capacity, p.device, p.dtype, attention,
-                         _static(model))
+# Models `compile_for_decoding` compiled for static shapes: their decoders must be given the
+# options it returned (kept here, beside the model, so the model carries no decoding state).
+_COMPILED_STATIC: weakref.WeakSet[Model] = weakref.WeakSet()
 
 
-def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, attention: str
+def _options_for(model: Model, options: DecodeOptions | None) -> DecodeOptions:
+    """`options`, or the defaults where none were given, which a model compiled for static
+    shapes cannot take."""
+    if options is not None:
+        return options
+    if model in _COMPILED_STATIC:
+        raise ConfigError("this model was compiled for static shapes: pass the DecodeOptions "
+                          "compile_for_decoding returned")
+    return DecodeOptions()
+
+
+def attention_kernels(model: Model, mode: str, capacity: int,
+                      options: DecodeOptions | None = None) -> list[str | None]:
+    """The kernel each global cache (`global_caches`) of the decoder `make_decoder` builds
+    reads through (`choose_kernel`; None: `attend`'s own rule). Under "auto" the first call
+    for a shape times it: calling this before a memory profile keeps the timing out of it."""
+    options = _options_for(model, options)
+    c, p = model.config, next(model.parameters())
+    return [choose_kernel(options.attention, c.n_heads, c.head_dim, shape.mean_keys,
+                          shape.queries, p.device, p.dtype, options.static)
+            for shape in global_caches(c, mode, capacity) if shape is not None]
+
+
+def _caches(model: Model, mode: str, batch: int, capacity: int, options: DecodeOptions
             ) -> list[KVCache | None]:
     """The global caches of decoding `batch` sequences of up to `capacity` tokens in `mode`
-    (`global_caches`), each read through its kernel (`cache_kernels`)."""
+    (`global_caches`), each read through its kernel (`attention_kernels`)."""
     c, p = model.config, next(model.parameters())
-    kernels = iter(cache_kernels(c, mode, capacity, p.device, p.dtype, attention, static))
+    kernels = iter(attention_kernels(model, mode, capacity, options))
     caches: list[KVCache | None] = []
     for shape in global_caches(c, mode, capacity):
         if shape is None:
             caches.append(None)
         elif shape.window:
-            if static:
+            if options.static:
                 raise ConfigError("a sliding window's ring cache decodes eagerly: compile "
                                   "it with compile_for_decoding(model, static=False)")
             caches.append(RingKVCache(shape.n_layers, batch, c.n_heads, c.head_dim,
@@ -72,7 +104,8 @@ def _caches(model: Model, mode: str, batch: int, capacity: int, static: bool, at
                                       shape.queries))
         else:
             caches.append(KVCache(shape.n_layers, batch, c.n_heads, c.head_dim, shape.capacity,
-                                  p.device, p.dtype, static, next(kernels), shape.queries))
+                                  p.device, p.dtype, options.static, next(kernels),
+                                  shape.queries))
     return caches
 
 
@@ -81,10 +114,10 @@ class FlatDecoder(Slots):
 
     ROW_STATE = ("next_logits", "pending")  # per-sequence state (photon.inference.slots)
 
-    def __init__(self, model: Model, batch: int, capacity: int, static: bool = False,
-                 attention: str = "auto") -> None:
+    def __init__(self, model: Model, batch: int, capacity: int,
+                 options: DecodeOptions | None = None) -> None:
         self.model = model
-        (self.cache,) = _caches(model, FLAT, batch, capacity, static, attention)
+        (self.cache,) = _caches(model, FLAT, batch, capacity, _options_for(model, options))
         self.tokens_per_step = 1
 
     @property
@@ -171,14 +204,14 @@ class PhotonDecoder(Slots):
                  "known_len", "pending")
 
     def __init__(self, model: PhotonLM, batch: int, capacity: int, mode: str,
-                 static: bool = False, attention: str = "auto") -> None:
+                 options: DecodeOptions | None = None) -> None:
         c = model.config
         check_mode(c, mode)
         self.model, self.mode, self.P = model, mode, c.meta_len
         self.tokens_per_step = self.P
         self.chunkwise = c.latent_teacher_forcing and mode == "hiergen" and c.n_levels > 1
         self.cond = self.recons = self.carries = self.top_cond = self.next_top = None
-        self.caches = _caches(model, mode, batch, capacity, static, attention)
+        self.caches = _caches(model, mode, batch, capacity, _options_for(model, options))
 
     @property
     def cache_bytes(self) -> int:
@@ -342,14 +375,15 @@ class PhotonDecoder(Slots):
 
 
 def compile_for_decoding(model: Model, static: bool = True, mode: str | None = None,
-                         backend: str = "inductor") -> None:
-    """`torch.compile` every Transformer stack of `model` for decoding.
+                         backend: str = "inductor") -> DecodeOptions:
+    """`torch.compile` every Transformer stack of `model` for decoding; returns the options
+    its decoders must be built with (`make_decoder(..., options=...)`).
 
-    With `static`, the decoders `make_decoder` builds for it keep static caches (`KVCache`):
-    every step has the same shapes, so each stack compiles once per input shape and never
-    again, and `mode="reduce-overhead"` can capture it as a CUDA graph. Without, shapes
-    are dynamic (attention reads only the filled part of a cache): the faster on a CPU,
-    where there are no kernel launches to save."""
+    With `static`, the decoders keep static caches (`KVCache`): every step has the same
+    shapes, so each stack compiles once per input shape and never again, and
+    `mode="reduce-overhead"` can capture it as a CUDA graph. Without, shapes are dynamic
+    (attention reads only the filled part of a cache): the faster on a CPU, where there are
+    no kernel launches to save."""
     # Every stack, position of a local window and batch size is a shape of its own (the
     # benchmark alone runs several batch sizes): room for them.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
@@ -360,16 +394,18 @@ def compile_for_decoding(model: Model, static: bool = True, mode: str | None = N
         # Each shape its own graph: a dimension made symbolic after it changed would turn
         # `T > 1` in attention into a symbolic bool, which SDPA refuses (a graph break).
         torch._dynamo.config.automatic_dynamic_shapes = False
-    model.static_caches = static
+        _COMPILED_STATIC.add(model)
+    return DecodeOptions(static=static)
 
 
-def make_decoder(model: Model, mode: str, batch: int, capacity: int, attention: str = "auto"
-                 ) -> FlatDecoder | PhotonDecoder:
+def make_decoder(model: Model, mode: str, batch: int, capacity: int,
+                 options: DecodeOptions | None = None) -> FlatDecoder | PhotonDecoder:
     """The decoder of `model` in `mode` (checked), with caches for `batch` sequences of up
-    to `capacity` tokens; static caches for a model `compile_for_decoding` made static.
-    `attention`: the kernel the global caches are read through (`KVCache`)."""
+    to `capacity` tokens, run as `options` say (default: eager, dynamic caches, each global
+    cache read through its timed kernel; a model compiled for static shapes needs the
+    options `compile_for_decoding` returned)."""
     check_mode(model.config, mode)
-    static = _static(model)
+    options = _options_for(model, options)
     if isinstance(model, PhotonLM):
-        return PhotonDecoder(model, batch, capacity, mode, static, attention)
-    return FlatDecoder(model, batch, capacity, static, attention)
+        return PhotonDecoder(model, batch, capacity, mode, options)
+    return FlatDecoder(model, batch, capacity, options)

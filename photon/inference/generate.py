@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from photon.errors import CacheFullError, InputError
-from photon.inference.decoders import make_decoder
+from photon.inference.decoders import DecodeOptions, make_decoder
 from photon.inference.prompts import as_prompts, pad_prompts
 from photon.inference.sampling import check_sampling, make_sampler, seeded_generator
 from photon.model.lm import Model
@@ -23,7 +23,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
              max_length: int | None = None,
              stop: Callable[[int, list[int]], bool] | None = None,
              stream: Callable[[int, int], None] | None = None,
-             return_logits: bool = False, attention: str = "auto"):
+             return_logits: bool = False, options: DecodeOptions | None = None):
     """Generate up to `max_new_tokens` new tokens after each prompt.
 
     prompts: token-id lists of any lengths (or a [B, T] tensor), decoded together as one batch;
@@ -33,7 +33,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
     (not included in its output), after `max_new_tokens`, or when `stop(b, new_tokens)` says
     so. `stream(b, token)` sees every new token as it is produced. `max_length` is the cache
     capacity in tokens (default: longest prompt + max_new_tokens); asking for more is an
-    error. `attention`: the kernel of the global caches (`make_decoder`). Returns the new
+    error. `options`: how the decoder runs (`make_decoder`). Returns the new
     token-id lists, and with `return_logits` also each sequence's logits [n_new, V] that
     chose its tokens.
     """
@@ -49,7 +49,7 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | Tensor, max_new_to
     check_sampling(temperature, top_k, top_p, seed)
     generator = None if seed is None else seeded_generator(seed, device)
     sampler = make_sampler(temperature, top_k, top_p, generator)
-    decoder = make_decoder(model, mode, len(prompts), max_length or needed, attention)
+    decoder = make_decoder(model, mode, len(prompts), max_length or needed, options)
     decoder.prefill(*pad_prompts(prompts, device))
 
     outputs: list[list[int]] = [[] for _ in prompts]

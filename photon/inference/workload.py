@@ -24,7 +24,7 @@ import torch
 
 from photon.device import GIB
 from photon.inference.cache import global_caches
-from photon.inference.decoders import attention_kernels, make_decoder
+from photon.inference.decoders import DecodeOptions, attention_kernels, make_decoder
 from photon.inference.sampling import make_sampler
 from photon.model.lm import Model
 
@@ -43,15 +43,16 @@ def _sync(device: torch.device) -> None:
 
 def run_workload(model: Model, mode: str, batch: int, prompt_len: int, gen_len: int,
                  max_steps: int | None = None, seed: int = 0, keep_logits: bool = False,
-                 after_prefill: Callable[[], None] | None = None, attention: str = "auto"
+                 after_prefill: Callable[[], None] | None = None,
+                 options: DecodeOptions | None = None
                  ) -> tuple[float, float, object]:
     """Prefill random prompts and decode greedily: (prefill seconds, total seconds, decoder).
     `keep_logits`: every step keeps every sequence's logits (as for logprobs);
-    `after_prefill` is called between the two phases; `attention` as `make_decoder`."""
+    `after_prefill` is called between the two phases; `options` as `make_decoder`."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
-    decoder = make_decoder(model, mode, batch, prompt_len + gen_len, attention)
+    decoder = make_decoder(model, mode, batch, prompt_len + gen_len, options)
     per_step = decoder.tokens_per_step
     # A prompt that ends inside a meta-context makes the first step yield fewer tokens.
     steps = math.ceil((gen_len + prompt_len % per_step) / per_step)
@@ -134,20 +135,20 @@ SLOPE_BATCHES = (2, 8)  # the two batch sizes whose peak memory gives the per-sa
 
 def memory_profile(model: Model, mode: str, prompt_len: int, gen_len: int,
                    batches: tuple[int, int] = SLOPE_BATCHES, keep_logits: bool = False,
-                   attention: str = "auto") -> tuple[float, float]:
+                   options: DecodeOptions | None = None) -> tuple[float, float]:
     """(bytes per sample, bytes at batch 0) of a decode-heavy workload's peak memory.
 
     Bytes per sample are the slope, between two batch sizes, of the peak while decoding
     (caches, per-sequence state and a step's workspace; a few steps reach the steady state,
     caches are preallocated). The prefill's peak, one pass's workspace above the caches
     whatever the batch, enters the intercept: both peaks lie under slope * batch +
-    intercept. `attention` as `make_decoder`."""
+    intercept. `options` as `make_decoder`."""
     device = next(model.parameters()).device
     # The attention kernels are chosen (timed) here, before the profile: not the decode's.
-    attention_kernels(model, mode, prompt_len + gen_len, attention)
+    attention_kernels(model, mode, prompt_len + gen_len, options)
     peaks = [phase_peaks(lambda mark, b=b: run_workload(
         model, mode, b, prompt_len, gen_len, max_steps=2, keep_logits=keep_logits,
-        after_prefill=mark, attention=attention), device) for b in batches]
+        after_prefill=mark, options=options), device) for b in batches]
     decode0, decode1 = (phase[-1] for phase in peaks)
     slope = (decode1 - decode0) / (batches[1] - batches[0])
     intercept = max(peak - slope * b for b, phase in zip(batches, peaks, strict=True)
@@ -161,12 +162,13 @@ def weight_bytes(model: Model) -> int:
 
 def batch_for_budget(model: Model, mode: str, prompt_len: int, gen_len: int,
                      budget_gib: float, max_batch: int, batches: tuple[int, int] = SLOPE_BATCHES,
-                     keep_logits: bool = False, attention: str = "auto") -> tuple[int, float]:
+                     keep_logits: bool = False, options: DecodeOptions | None = None
+                     ) -> tuple[int, float]:
     """(batch, bytes per sample): the largest batch whose predicted peak (weights +
     intercept + slope * batch) fits the budget, capped at `max_batch`; 0 when not even one
     sequence fits. `keep_logits`: sized for steps that keep every sequence's logits;
-    `attention` as `make_decoder`."""
+    `options` as `make_decoder`."""
     slope, intercept = memory_profile(model, mode, prompt_len, gen_len, batches, keep_logits,
-                                      attention)
+                                      options)
     room = budget_gib * GIB - weight_bytes(model) - max(intercept, 0)
     return int(max(0, min(max_batch, room // max(slope, 1)))), slope

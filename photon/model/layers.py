@@ -8,7 +8,6 @@ either over a whole sequence (training, `cache=None`) or incrementally against a
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from photon.errors import CacheFullError
+from photon.model.attention import attend, window_mask
 
 
 class RMSNorm(nn.Module):
@@ -103,42 +103,6 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
-# Two kernels compute the same attention: PyTorch's SDPA, and explicit matmuls with fp32
-# scores. A local window on a CPU (a few keys per sequence) takes the matmuls: there SDPA's
-# flash kernel costs more than the attention itself (256 sequences, 5 keys, about 1.5x in
-# fp32 and 2.5x in bf16: kernel_timings.txt in
-# experiments/2026-11-29-local-windows-chunk-by-chunk-and-bf16). One rule for training and
-# decoding: a window's logits do not depend on whether gradients are on. Over more keys
-# neither kernel wins everywhere (on one CPU the matmuls are faster in fp32 and SDPA up to
-# 3.6x faster in bf16), so a decoder's global cache times both on its own shapes and reads
-# through the faster (`photon.inference.cache.fastest_kernel`); elsewhere SDPA.
-KERNELS = ("sdpa", "matmul")
-SMALL_WINDOW = 16
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-           kernel: str | None = None) -> Tensor:
-    """Causal attention of q [B, H, T, Dh] over k, v [B, H, S, Dh]: the boolean `mask`
-    [B or 1, 1, T, S] says which keys each query sees; without one, keys and queries are
-    the same positions (or a single query sees every key), so the plain causal rule is
-    exact. `kernel` is one of `KERNELS`; None takes the matmuls for a small window on a
-    CPU, SDPA otherwise."""
-    T, S = q.shape[2], k.shape[2]
-    if kernel is None:
-        kernel = "matmul" if q.device.type == "cpu" and S <= SMALL_WINDOW else "sdpa"
-    if kernel == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                              is_causal=mask is None and T > 1)
-    # In fp32 throughout, as SDPA accumulates: bf16 scores would lose what softmax needs
-    # (and fp32 matmuls are the faster ones at these sizes).
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is None and T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)
-    return (scores.softmax(-1) @ v.float()).to(v.dtype)
-
-
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
@@ -172,16 +136,6 @@ class StreamCache(LayerCache, Protocol):
                 ) -> tuple[Tensor, Tensor | None]: ...
 
     def advance(self, n: int | Tensor) -> None: ...
-
-
-def window_mask(positions: Tensor, n_keys: int, window: int = 0) -> Tensor:
-    """Boolean mask [B, 1, T, n_keys]: the query at position p sees keys 0..p, or with a
-    `window` > 0 only the last `window` of them, p - window + 1..p."""
-    keys = torch.arange(n_keys, device=positions.device)[None, None, :]
-    seen = keys <= positions[:, :, None]
-    if window:
-        seen &= keys > positions[:, :, None] - window
-    return seen[:, None]
 
 
 class Stack(nn.Module):

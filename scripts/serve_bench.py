@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from photon import device as devices
 from photon.checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from photon.data.corpus import get_tokenizer
+from photon.data.corpus import tokenizer_for
 from photon.data.tokenizer import Tokenizer
 from photon.errors import PhotonError
 from photon.inference.modes import MODES, modes_of
@@ -59,7 +59,7 @@ def checkpoint(name: str, out: Path) -> Path:
     if not (path / "config.json").exists():
         torch.manual_seed(0)
         vocab = build_model(name, device="meta").config.vocab_size
-        tokenizer = get_tokenizer("shakespeare", "bpe", vocab)
+        tokenizer = tokenizer_for("shakespeare", "bpe", vocab)
         model = build_model(name, vocab_size=tokenizer.vocab_size)
         save_checkpoint(path, model, tokenizer)
     return path

@@ -32,7 +32,8 @@ import torch
 from photon.bench import plots, protocol
 from photon.checkpoint import load_model
 from photon.data.corpus import validation_text
-from photon.data.prepare import load_tokens, packed_dir
+from photon.data.prepare import packed_dir
+from photon.data.shards import load_tokens
 from photon.device import environment
 from photon.evaluation.perplexity import evaluate_text
 from photon.evaluation.probe import probe, unigram_logprobs

@@ -16,7 +16,7 @@ import pytest
 from photon.cli import main as cli_main
 from photon.data import corpora
 from photon.data.corpora import Package, Source
-from photon.data.corpus import get_tokenizer
+from photon.data.corpus import tokenizer_for
 from photon.data.prepare import packed_dir
 from photon.errors import DataError
 
@@ -383,7 +383,7 @@ def test_tokenizer_training_and_packing_report_progress_off_a_terminal(tmp_path,
                                                                        capsys):
     monkeypatch.setenv("PHOTON_CACHE", str(tmp_path / "cache"))
     text = write(tmp_path / "corpus" / "a.txt", "the quick brown fox jumps\n" * 400)
-    tokenizer = get_tokenizer(tmp_path / "corpus", "bpe", 300)
+    tokenizer = tokenizer_for(tmp_path / "corpus", "bpe", 300)
     packed_dir(tmp_path / "corpus", tokenizer)
     err = capsys.readouterr().err  # captured: not a terminal
     assert f"tokenizer: training a 300-token BPE on the training text of {text.parent}" in err

@@ -27,7 +27,8 @@ import photon
 from photon.cli import main as cli_main
 from photon.data import sources
 from photon.data.corpus import Split, split_documents
-from photon.data.prepare import is_prepared, load_tokens, packed_dir, prepare, read_manifest
+from photon.data.prepare import packed_dir, prepare
+from photon.data.shards import is_prepared, load_tokens, read_manifest
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError, TokenizerError
 

@@ -12,15 +12,11 @@ import photon
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.corpus import Split
-from photon.data.prepare import load_tokens, prepare
+from photon.data.prepare import prepare
+from photon.data.shards import load_tokens, stream_documents
 from photon.data.tokenizer import Tokenizer
 from photon.evaluation.perplexity import evaluate_tokens
-from photon.evaluation.positions import (
-    bucket_starts,
-    evaluate_positions,
-    stream_documents,
-    text_documents,
-)
+from photon.evaluation.positions import bucket_starts, evaluate_positions, text_documents
 from photon.model.config import TransformerConfig
 from photon.model.lm import ModelOutput
 from tests.conftest import make

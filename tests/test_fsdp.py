@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 import photon
 from photon.cli import main as cli_main
-from photon.data.prepare import load_tokens, prepare
+from photon.data.prepare import prepare
+from photon.data.shards import load_tokens
 from photon.training.train import Distributed, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

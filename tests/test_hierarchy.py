@@ -12,7 +12,8 @@ import torch
 
 import photon
 from photon.data.corpus import SHAKESPEARE
-from photon.data.prepare import load_tokens, packed_dir
+from photon.data.prepare import packed_dir
+from photon.data.shards import load_tokens
 from photon.evaluation.probe import probe, unigram_logprobs
 from photon.model.config import PhotonConfig
 from photon.training.train import TrainArgs, _optimizer, train

@@ -1,8 +1,9 @@
 """Imports point one way, and no module reaches into another subpackage's private names.
 
 cli -> serve, training, integrations -> evaluation, bench -> inference -> model; data and
-checkpoint beside them; errors and device at the bottom. Read from the source (every import,
-also those inside functions), so a new arrow the wrong way fails here.
+checkpoint beside them; errors and device at the bottom. Inside data, modules are layered
+too: the reader of prepared data (shards) never loads the writer (prepare). Read from the
+source (every import, also those inside functions), so a new arrow the wrong way fails here.
 """
 
 import ast
@@ -27,6 +28,10 @@ ALLOWED = {
             "bench", "training", "serve", "integrations"},
     "__init__": {"errors", "model", "data", "checkpoint"},
     "__main__": {"cli"},
+}
+# Inside these parts a module may import only the modules listed before it.
+LAYERS = {
+    "data": ["tokenizer", "sources", "shards", "corpus", "prepare", "corpora"],
 }
 # `model.generate(...)` is the one convenience that calls back into inference, imported
 # lazily inside the method (as transformers' models offer generate).
@@ -68,7 +73,20 @@ def _violations(package: Path = PACKAGE) -> list[str]:
             if target != own:
                 bad += [f"{rel} imports the private name {module}.{n}" for n in names
                         if n.startswith("_") and not n.startswith("__")]
+            elif own in LAYERS:
+                bad += _layer_violation(rel, module, names, LAYERS[own])
     return bad
+
+
+def _layer_violation(rel: str, module: str, names: list[str], layers: list[str]) -> list[str]:
+    """`rel` importing a module of its own part that is not listed before it in `layers`
+    (a module missing from `layers` counts as listed last: a new module must be placed)."""
+    order = {name: i for i, name in enumerate(layers)}
+    own = rel.split("/")[-1].removesuffix(".py")
+    parts = module.split(".")
+    targets = [parts[2]] if len(parts) > 2 else names  # `from photon.data import x` names x
+    return [f"{rel} imports {module} ({own} is layered below {t})" for t in targets
+            if order.get(t, len(layers)) >= order.get(own, len(layers))]
 
 
 def test_imports_point_one_way_and_no_private_name_crosses_a_subpackage():
@@ -76,12 +94,18 @@ def test_imports_point_one_way_and_no_private_name_crosses_a_subpackage():
 
 
 def test_the_check_sees_a_wrong_arrow(tmp_path):
-    """The rule is not vacuous: a model module importing serve, or a private name, fails."""
+    """The rule is not vacuous: a model module importing serve, or a private name, fails;
+    so does the reader of prepared data importing the writer."""
     fake = tmp_path / "photon"
     (fake / "model").mkdir(parents=True)
     (fake / "model" / "x.py").write_text("from photon.serve.engine import Engine\n"
                                          "def f():\n    from photon.inference.g import _h\n")
+    (fake / "data").mkdir()
+    (fake / "data" / "shards.py").write_text("from photon.data.prepare import prepare\n"
+                                             "from photon.data import corpus\n")
     assert _violations(fake) == [
+        "data/shards.py imports photon.data.prepare (shards is layered below prepare)",
+        "data/shards.py imports photon.data (shards is layered below corpus)",
         "model/x.py imports photon.serve.engine (model -> serve)",
         "model/x.py imports photon.inference.g (model -> inference)",
         "model/x.py imports the private name photon.inference.g._h"]

@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 import photon
 from photon.checkpoint import save_checkpoint
 from photon.cli import main as cli_main
-from photon.data.corpus import WindowSampler, resolve_corpus, split_documents, validation_text
-from photon.data.prepare import load_tokens, packed_dir
+from photon.data.corpus import resolve_corpus, split_documents, validation_text
+from photon.data.prepare import packed_dir
+from photon.data.shards import WindowSampler, load_tokens
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError, ConfigError
 from photon.training.train import TrainArgs, check_schedule, teacher_weight_at, total_steps

@@ -62,12 +62,8 @@ def _by_position(args: argparse.Namespace, model: Model, tokenizer: Tokenizer, o
                  boundaries: list[int] | None, what: str) -> None:
     """Score whole windows from each document's start; print bpb by position bucket."""
     from photon.data.corpus import split_documents
-    from photon.evaluation.positions import (
-        bucket_starts,
-        evaluate_positions,
-        stream_documents,
-        text_documents,
-    )
+    from photon.data.shards import stream_documents
+    from photon.evaluation.positions import bucket_starts, evaluate_positions, text_documents
 
     bucket_starts(args.window or model.config.max_seq_len, boundaries)  # before the work
     tokens = _prepared_tokens(args, tokenizer)
@@ -127,7 +123,8 @@ def _prepared_tokens(args: argparse.Namespace, tokenizer: Tokenizer) -> np.ndarr
     end-of-document token) as a numpy array cut at --max-bytes; None for any other --data."""
     import numpy as np
 
-    from photon.data.prepare import is_prepared, load_tokens, packed_dir
+    from photon.data.prepare import packed_dir
+    from photon.data.shards import is_prepared, load_tokens
 
     if not is_prepared(args.data):
         return None

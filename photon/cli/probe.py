@@ -9,7 +9,8 @@ import json
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import TRAINER_FILE, load_model, resolve_checkpoint
     from photon.data.corpus import SHAKESPEARE
-    from photon.data.prepare import load_tokens, packed_dir
+    from photon.data.prepare import packed_dir
+    from photon.data.shards import load_tokens
     from photon.evaluation.probe import plot_report, probe, unigram_logprobs
 
     ckpt = resolve_checkpoint(args.checkpoint)

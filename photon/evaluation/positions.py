@@ -115,29 +115,15 @@ def text_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterator[list[
         yield [*start, *tokenizer.encode(text)]
 
 
-def stream_documents(tokens: np.ndarray, eos_id: int | None) -> Iterator[np.ndarray]:
-    """The documents of a token stream of `photon data prepare` (every document followed by
-    the end-of-document token), each as [eos, its tokens]: the form of `text_documents`."""
-    if eos_id is None:
-        raise InputError("the tokenizer has no end-of-document token, so the documents of a "
-                         "prepared directory cannot be told apart; evaluate its source files")
-    tokens = np.asarray(tokens)
-    stream = np.concatenate((np.array([eos_id], dtype=tokens.dtype), tokens))
-    starts = np.flatnonzero(stream == eos_id).tolist()
-    for a, b in zip(starts, [*starts[1:], len(stream)], strict=True):
-        if b - a > 1:
-            yield stream[a:b]
-
-
 @torch.no_grad()
 def evaluate_positions(model: Model, documents: Iterable[Sequence[int]],
                        token_bytes: Sequence[int], mode: str = "hiergen",
                        window: int | None = None, batch_size: int = 8,
                        progress: bool = False, decoded: bool = False) -> PositionResult:
     """Score each document (token ids, the start-of-document token first: see
-    `text_documents`, `stream_documents`) in consecutive windows from its start, and sum the
-    NLL and bytes by window position. `window` defaults to the model's training context;
-    `decoded`: see `photon.evaluation.perplexity.mode_logits`."""
+    `text_documents`, `photon.data.shards.stream_documents`) in consecutive windows from its
+    start, and sum the NLL and bytes by window position. `window` defaults to the model's
+    training context; `decoded`: see `photon.evaluation.perplexity.mode_logits`."""
     check_mode(model.config, mode)
     window = model.config.max_seq_len if window is None else window
     check_sizes(window, batch_size)

@@ -30,8 +30,9 @@ from torch import nn
 from tqdm import tqdm
 
 from photon import checkpoint as ckpt_io
-from photon.data.corpus import SHAKESPEARE, WindowSampler, read_windows
-from photon.data.prepare import load_tokens, packed_dir, tokenizer_for
+from photon.data.corpus import SHAKESPEARE, tokenizer_for
+from photon.data.prepare import packed_dir
+from photon.data.shards import WindowSampler, load_tokens, read_windows
 from photon.device import resolve_device
 from photon.errors import CheckpointError, ConfigError, DataError
 from photon.evaluation.probe import ablation_nll

@@ -57,7 +57,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-init tiny models (raw bytes), and photon-B with a small byte-level BPE."""
     root = tmp_path_factory.mktemp("checkpoints")
     found = {kind: save_checkpoint(root / kind, make(kind), Tokenizer.bytes())
-             for kind in ("vanilla", "block", "photon-A", "photon-B")}
+             for kind in ("vanilla", "vanilla-swa", "block", "photon-A", "photon-B")}
     bpe = Tokenizer.train_bpe([d["text"] for d in ppl_documents()], vocab_size=320)
     found["photon-B-bpe"] = save_checkpoint(root / "bpe", make("photon-B", vocab_size=320), bpe)
     return found
@@ -137,8 +137,9 @@ def test_cli_scores_exactly_like_photon(checkpoints, tasks_dir, tmp_path, capsys
     assert bpb == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-7)
 
 
-@pytest.mark.parametrize("kind, mode", [("vanilla", "hiergen"), ("block", "hiergen"),
-                                        ("photon-A", "hiergen"), ("photon-B", "recgen")])
+@pytest.mark.parametrize("kind, mode", [("vanilla", "hiergen"), ("vanilla-swa", "hiergen"),
+                                        ("block", "hiergen"), ("photon-A", "hiergen"),
+                                        ("photon-B", "recgen")])
 def test_loglikelihood_is_exact_for_every_model(checkpoints, task_manager, kind, mode):
     """simple_evaluate with batches of mixed lengths: each choice equals photon's scoring of
     that sequence alone (RecGen: its sequential likelihood, unlike the forward pass)."""

@@ -108,3 +108,30 @@ def test_swa_preset_matches_bounded_photons_cache_bytes_at_the_de_workload():
 def test_static_decoding_of_a_ring_is_refused():
     with pytest.raises(ConfigError, match="ring"):
         make_decoder(make("vanilla-swa"), "hiergen", 2, 64, DecodeOptions(static=True))
+
+
+def test_served_sequences_equal_generate_alone(engine_of):
+    """The engine's continuous batching (rows admitted into a running batch, released, their
+    ring rows moved) serves each sequence exactly as it decodes alone, past the window."""
+    from photon.serve.request import Request
+    from tests.serving import sequences, serve
+
+    model = make("vanilla-swa")
+    engine = engine_of(model)
+    prompts = [[3, 1, 4], list(range(40, 77)), [9], [7] * 20, list(range(5, 25))]
+    requests = [Request(p, 15 + 7 * i) for i, p in enumerate(prompts)]
+    for r, outputs in zip(requests, serve(engine, requests), strict=True):
+        assert sequences(outputs)[0] == model.generate([r.prompt], r.max_tokens)[0]
+    assert engine.peak_running == 3
+
+
+def test_serve_gives_a_ring_more_slots_at_long_contexts():
+    """`photon serve` sizes its slots by the caches: a ring's slot costs the same at 256 and
+    4,096 tokens, where a global cache's grows with the context."""
+    from photon.serve.engine import slots_for_budget
+
+    swa, full = make("vanilla-swa"), make("vanilla")
+    short = slots_for_budget(swa, "hiergen", 256, 0.05)[0]
+    long = slots_for_budget(swa, "hiergen", 4096, 0.05)[0]
+    assert long >= 0.8 * short > 0
+    assert slots_for_budget(full, "hiergen", 4096, 0.05)[0] < long / 4

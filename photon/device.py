@@ -1,6 +1,19 @@
 """Where a model runs: the one resolver behind every `--device` / `--dtype` choice (the CLI
 verbs, training, the harness and transformers integrations), and a description of the
-machine that results are stored with."""
+machine that results are stored with.
+
+`--dtype` left out (or "auto") is bf16 on a CUDA GPU. On the CPU there are two rules, one per
+use, both in `choose_dtype`:
+
+- training (`photon train`, bf16 autocast over fp32 weights) takes bf16 where the CPU runs it
+  natively (AMX or AVX512-BF16) and fp32 elsewhere, where bf16 matmuls are emulated and
+  slower (2.4x slower than fp32 on the Intel Xeon of the first runs; docs/training.md);
+- inference (`photon generate`, `serve`, `bench` and scripts/serve_bench.py, which cast the
+  model) stays in fp32: a comparison runs every model in one dtype, and on a CPU with
+  AVX512-BF16 bf16 decodes PHOTON 2.1-2.4x as fast but the flat baseline 0.71x as fast (its
+  long-cache attention through SDPA), so a bf16 default would handicap the baseline
+  (experiments/2026-11-29-local-windows-chunk-by-chunk-and-bf16); `--dtype bf16` asks for it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -42,14 +56,26 @@ def resolve_device(requested: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def choose_dtype(requested: str | None, device: torch.device,
+                 use: Literal["training", "inference"]) -> torch.dtype:
+    """`--dtype`: "bf16" or "fp32" as given; None or "auto" by the rule of `use` (see the
+    module docstring): bf16 on a CUDA GPU that supports it, and on the CPU bf16 for
+    training where the CPU runs it natively, fp32 otherwise."""
+    if requested is not None and requested != "auto":
+        if requested not in DTYPES:
+            raise InputError(f"unknown dtype {requested!r}; use one of {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if use == "training" and native else torch.float32
+
+
 def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """The `--device` and `--dtype` flags of the CLI: CUDA when there is one, bf16 on CUDA
-    and fp32 on the CPU unless given."""
+    """The `--device` and `--dtype` flags of the inference verbs: CUDA when there is one, and
+    the inference rule of `choose_dtype` (fp32 on the CPU) unless a dtype is given."""
     resolved = resolve_device(device)
-    if dtype is not None and dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return resolved, DTYPES[dtype] if dtype else (
-        torch.bfloat16 if resolved.type == "cuda" else torch.float32)
+    return resolved, choose_dtype(dtype, resolved, "inference")
 
 
 def available_memory(device: torch.device) -> int:

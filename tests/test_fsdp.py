@@ -25,7 +25,8 @@ import photon
 from photon.cli import main as cli_main
 from photon.data.prepare import prepare
 from photon.data.shards import load_tokens
-from photon.training.train import Distributed, evaluate
+from photon.evaluation.validation import validation_scores
+from photon.training.parallel import Distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
@@ -89,9 +90,9 @@ def test_fsdp_matches_one_process_and_resumes_exactly(data):
     with torch.no_grad():
         torch.testing.assert_close(fsdp_model(ids).logits, one_model(ids).logits, rtol=0,
                                    atol=1e-4)
-    result = evaluate(fsdp_model, load_tokens(data / "prepared", "val"), 64, 1024,
-                      torch.tensor(tok.token_bytes(), dtype=torch.float64), nullcontext,
-                      Distributed("cpu"))
+    result = validation_scores(fsdp_model, load_tokens(data / "prepared", "val"), 64, 1024,
+                               torch.tensor(tok.token_bytes(), dtype=torch.float64), nullcontext,
+                               Distributed("cpu"))
     assert result["val_loss"] == pytest.approx(rows(two, "val_loss")[-1], rel=1e-6)
 
     # Kill both FSDP workers once a checkpoint exists, resume under torchrun.

@@ -16,7 +16,8 @@ from photon.data.prepare import packed_dir
 from photon.data.shards import load_tokens
 from photon.evaluation.probe import probe, unigram_logprobs
 from photon.model.config import PhotonConfig
-from photon.training.train import TrainArgs, _optimizer, train
+from photon.training.args import TrainArgs
+from photon.training.train import _optimizer, train
 
 COPY_CASES = {
     "L1": dict(chunk_sizes=(4,)),

@@ -1,9 +1,10 @@
 """Imports point one way, and no module reaches into another subpackage's private names.
 
 cli -> serve, training, integrations -> evaluation, bench -> inference -> model; data and
-checkpoint beside them; errors and device at the bottom. Inside data, modules are layered
-too: the reader of prepared data (shards) never loads the writer (prepare). Read from the
-source (every import, also those inside functions), so a new arrow the wrong way fails here.
+checkpoint beside them; errors and device at the bottom. Inside data and training, modules
+are layered too: the reader of prepared data (shards) never loads the writer (prepare), and
+the arguments, schedule and processes of a run never the loop. Read from the source (every
+import, also those inside functions), so a new arrow the wrong way fails here.
 """
 
 import ast
@@ -32,6 +33,7 @@ ALLOWED = {
 # Inside these parts a module may import only the modules listed before it.
 LAYERS = {
     "data": ["tokenizer", "sources", "shards", "corpus", "prepare", "corpora"],
+    "training": ["args", "schedule", "parallel", "train"],
 }
 # `model.generate(...)` is the one convenience that calls back into inference, imported
 # lazily inside the method (as transformers' models offer generate).

@@ -25,8 +25,10 @@ from photon.data.corpus import resolve_corpus, split_documents, validation_text
 from photon.data.prepare import packed_dir
 from photon.data.shards import WindowSampler, load_tokens
 from photon.data.tokenizer import Tokenizer
-from photon.errors import CheckpointError, ConfigError
-from photon.training.train import TrainArgs, check_schedule, teacher_weight_at, total_steps
+from photon.device import choose_dtype
+from photon.errors import CheckpointError, ConfigError, InputError
+from photon.training.args import TrainArgs
+from photon.training.schedule import check_schedule, teacher_weight_at, total_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
@@ -180,6 +182,21 @@ def test_schedule_defaults_and_curriculum():
     for bad in ([0.7, 0.3], [0.5], [-0.1, 0.5]):
         with pytest.raises(ConfigError, match="curriculum"):
             check_schedule(TrainArgs(curriculum=bad), 300)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_the_cpu_by_use(monkeypatch, native):
+    """--dtype auto on the CPU: training autocasts to bf16 only where the CPU runs it
+    natively; inference stays in fp32 either way. A given dtype is taken as it is."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    cpu = torch.device("cpu")
+    assert choose_dtype("auto", cpu, "training") == (torch.bfloat16 if native else torch.float32)
+    assert choose_dtype(None, cpu, "inference") == torch.float32
+    assert choose_dtype("bf16", cpu, "inference") == torch.bfloat16
+    assert choose_dtype("fp32", cpu, "training") == torch.float32
+    with pytest.raises(InputError, match="unknown dtype"):
+        choose_dtype("fp16", cpu, "training")
 
 
 def _bad_inputs(env, tmp: Path) -> dict[str, tuple[list, str]]:

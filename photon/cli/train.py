@@ -9,7 +9,8 @@ import os
 
 
 def run(args: argparse.Namespace) -> None:
-    from photon.training.train import TrainArgs, train
+    from photon.training.args import TrainArgs
+    from photon.training.train import train
 
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     given = {k: v for k, v in vars(args).items() if k in fields}

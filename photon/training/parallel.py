@@ -1,4 +1,9 @@
-"""Data parallelism for `photon train` under torchrun: DDP or FSDP2, and state dicts for both.
+"""Data parallelism for `photon train` under torchrun: the processes, DDP or FSDP2, and state
+dicts for both.
+
+`Distributed` sets up the processes: rank and world size from torchrun's environment, a device
+each, the process group (gloo on CPU, nccl on GPU), and the sums and barriers the loop needs.
+`wrap` then runs the model in one of two modes (`--parallel`):
 
 - "ddp": `DistributedDataParallel`; every process holds the whole model and optimizer.
 - "fsdp": PyTorch's FSDP2 (`fully_shard`), one unit per Transformer block plus the rest of
@@ -14,11 +19,13 @@ as it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -30,12 +37,46 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from photon.device import resolve_device
 from photon.errors import ConfigError
 from photon.model.layers import Block
 from photon.model.lm import Model, build_model
 
 MODES = ("ddp", "fsdp")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0
+
+
+class Distributed:
+    """Rank and world size; initialises torch.distributed when launched by torchrun."""
+
+    def __init__(self, device: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = resolve_device(device).type == "cuda"
+        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def wrap(model: Model, mode: str, world: int, device: torch.device,

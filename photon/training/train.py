@@ -1,31 +1,29 @@
 """The training loop behind `photon train`.
 
 AdamW (β = 0.9/0.95, weight decay 0.1 on matrices only), linear warm-up then cosine decay to
-a tenth of the peak, gradient clipping, gradient accumulation, optional bf16 autocast and
-`torch.compile`. Under `torchrun` the same code runs DistributedDataParallel or FSDP2
-(`--parallel`, `photon.training.parallel`; gloo on CPU, nccl on GPU): `--batch-size` is
-always the global batch, so one process with accumulation and N processes take the same
-optimizer steps.
+a tenth of the peak (`photon.training.schedule`), gradient clipping, gradient accumulation,
+optional bf16 autocast (`photon.device.choose_dtype`) and `torch.compile`. Under `torchrun`
+the same code runs DistributedDataParallel or FSDP2 (`--parallel`,
+`photon.training.parallel`; gloo on CPU, nccl on GPU): `--batch-size` is always the global
+batch, so one process with accumulation and N processes take the same optimizer steps.
 
 Resuming is exact: the learning rate is a function of the step, the data order a function
 of (seed, windows consumed), and the checkpoint stores weights, optimizer moments, RNG
-states and the data position. Validation reports token loss and bits per byte.
+states and the data position. Validation (`photon.evaluation.validation`) reports token
+loss and bits per byte.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -33,134 +31,15 @@ from photon import checkpoint as ckpt_io
 from photon.data.corpus import SHAKESPEARE, tokenizer_for
 from photon.data.prepare import packed_dir
 from photon.data.shards import WindowSampler, load_tokens, read_windows
-from photon.device import resolve_device
+from photon.device import choose_dtype
 from photon.errors import CheckpointError, ConfigError, DataError
-from photon.evaluation.probe import ablation_nll
+from photon.evaluation.validation import validation_scores
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
-from photon.model.lm import Model, PhotonLM, build_model, token_nll
+from photon.model.lm import PhotonLM, build_model
 from photon.training import parallel
-
-
-@dataclass
-class TrainArgs:
-    """Everything that defines a run (saved with every checkpoint)."""
-
-    preset: str = "photon-small-bounded"  # the bounded-memory form (docs/models.md)
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # config fields
-    data: str = SHAKESPEARE  # a corpus (prepared here into the cache) or a prepared directory
-    tokenizer: str | None = None  # "bpe" (trained on the corpus; the default), "bytes", a
-    # tokenizer.json path; None for a prepared directory, whose tokenizer is its own
-    vocab_size: int = 4096  # BPE only
-    seq_len: int | None = None  # default: the preset's max_seq_len, at most 512
-    batch_size: int = 8  # sequences per optimizer step, over all processes
-    micro_batch: int | None = None  # sequences per forward pass and process
-    lr: float = 2e-3
-    warmup: int | None = None  # default: 150 steps, at most half the run (see DEFAULT_WARMUP)
-    # Latent curriculum (PHOTON L >= 2 in the paper's form): the level >= 2 decoders are
-    # teacher-forced with encoder states until this fraction of the run, then their own
-    # outputs take over linearly until the second fraction. [] turns it off.
-    curriculum: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: int | None = None  # default 300 when no token or FLOP budget is given
-    max_tokens: int | None = None
-    max_time: float | None = None  # seconds of this invocation; does not shape the schedule
-    flops: float | None = None  # training FLOPs budget (photon.training_flops_per_token)
-    eval_every: int = 50
-    eval_tokens: int = 32768
-    save_every: int = 50
-    keep: int = 3
-    log_every: int = 10
-    dtype: str = "auto"  # "bf16", "fp32", or bf16 where the hardware runs it fast
-    device: str = "auto"
-    compile: bool = False
-    parallel: str = "ddp"  # under torchrun: "ddp" or "fsdp"
-    seed: int = 0
-    out: str | None = None  # default runs/<preset>
-
-
-# Changing these would silently train a different run, so a resume must agree with them.
-MUST_MATCH = ("preset", "overrides", "data", "tokenizer", "vocab_size", "seq_len", "batch_size",
-              "lr", "warmup", "curriculum", "weight_decay", "grad_clip", "seed")
-DEFAULT_STEPS = 300
-# Adam's first updates are full-size whatever the gradient; at the full learning rate they
-# write constants into every residual stream and the encoder states collapse within ten
-# steps (experiments/2026-11-29-does-the-hierarchy-learn). A long warm-up keeps the hierarchy's
-# streams alive.
-DEFAULT_WARMUP = 150
-
-
-def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs:
-    """Command-line values (None = not given) over the checkpoint's, or over the defaults."""
-    given = {k: v for k, v in given.items() if v is not None}
-    if saved is None:
-        return TrainArgs(**given)
-    for key in MUST_MATCH:
-        if key in given and given[key] != saved.get(key):
-            raise CheckpointError(f"--{key.replace('_', '-')} {given[key]} does not match the "
-                                  f"checkpoint ({saved.get(key)}); leave it out to resume")
-    return TrainArgs(**{**saved, **given})
-
-
-def check_schedule(args: TrainArgs, total: int) -> None:
-    """Validate the schedule and fill the defaults that depend on the run's length."""
-    if args.warmup is None:
-        args.warmup = max(1, min(DEFAULT_WARMUP, total // 2))
-    if args.warmup < 1:
-        raise ConfigError(f"--warmup must be at least 1, got {args.warmup}")
-    c = args.curriculum
-    if c and not (len(c) == 2 and 0 <= c[0] <= c[1] <= 1):
-        raise ConfigError(f"--curriculum needs START,END with 0 <= START <= END <= 1 (fractions "
-                          f"of the run), or off; got {c}")
-
-
-def teacher_weight_at(step: int, args: TrainArgs, total: int) -> float:
-    """Weight of the encoder states in the level >= 2 decoders' inputs at `step`: 1 until
-    curriculum[0] of the run, then linearly down to 0 (the paper's form) at curriculum[1]."""
-    start, end = (f * total for f in args.curriculum)
-    if step < start:
-        return 1.0
-    if step >= end:
-        return 0.0
-    return 1.0 - (step - start) / (end - start)
-
-
-def lr_at(step: int, args: TrainArgs, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to lr/10 at step `total`."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = min((step - args.warmup) / max(total - args.warmup, 1), 1.0)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def total_steps(args: TrainArgs, tokens_per_step: int, flops_per_token: int) -> int:
-    """The step count the schedule decays over: the tightest step, token or FLOP budget."""
-    limits = []
-    if args.max_steps is not None:
-        limits.append(args.max_steps)
-    if args.max_tokens is not None:
-        limits.append(math.ceil(args.max_tokens / tokens_per_step))
-    if args.flops is not None:
-        limits.append(int(args.flops // (flops_per_token * tokens_per_step)))
-    steps = min(limits) if limits else DEFAULT_STEPS
-    if steps < 1:
-        raise ConfigError("the budget is smaller than one optimizer step "
-                        f"({tokens_per_step} tokens, {flops_per_token * tokens_per_step:.3g} "
-                        "FLOPs); raise it or lower --batch-size/--seq-len")
-    return steps
-
-
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested == "fp32":
-        return torch.float32
-    if requested == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    # Without AMX or AVX512-BF16, CPU bf16 matmuls are emulated and slower than fp32.
-    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    return torch.bfloat16 if fast else torch.float32
+from photon.training.args import TrainArgs, merge_args
+from photon.training.schedule import check_schedule, lr_at, teacher_weight_at, total_steps
 
 
 def _optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
@@ -171,39 +50,6 @@ def _optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
-
-
-class Distributed:
-    """Rank and world size; initialises torch.distributed when launched by torchrun."""
-
-    def __init__(self, device: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = resolve_device(device).type == "cuda"
-        self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
-        if cuda:
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def sum(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t.tolist()
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _prepare_out(out: Path, resuming: bool) -> None:
@@ -223,53 +69,17 @@ def _prepare_out(out: Path, resuming: bool) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-@torch.no_grad()
-def evaluate(model: Model, tokens, seq_len: int, max_tokens: int, byte_lengths: torch.Tensor,
-             autocast, ctx: Distributed) -> dict[str, float]:
-    """Mean token loss (nats) and bits per byte over the first `max_tokens` validation tokens,
-    cut into windows of `seq_len`; processes split the windows and add up the sums.
-
-    For PHOTON also `val_swap_delta`: the mean loss increase over the tokens that have a top
-    state (meta-contexts g >= 1) when the top states are swapped between the windows of a
-    batch. Near zero means the model does not read its hierarchy (see `photon.evaluation.probe`).
-    """
-    length = min(seq_len, len(tokens))
-    batch = max(8192 // length, 2)  # no backward pass: large batches amortise op overhead
-    starts = list(range(0, min(len(tokens), max(max_tokens, length)) - length + 1, length))
-    hier = isinstance(model, PhotonLM) and length > model.config.meta_len
-    first = model.config.meta_len - 1 if hier else 0  # first prediction with a top state
-    nats = nbytes = swap = swapped = 0.0
-    model.eval()
-    for i in range(ctx.rank * batch, len(starts), batch * ctx.world):
-        x = read_windows(tokens, starts[i:i + batch], length).to(ctx.device)
-        with autocast():
-            losses = ablation_nll(model, x, zero=False) if hier else \
-                {"base": token_nll(model(x).logits, x)}
-        nats += losses["base"].double().sum().item()
-        nbytes += byte_lengths[x[:, 1:].cpu()].sum().item()
-        if "swap" in losses:
-            swap += (losses["swap"] - losses["base"])[:, first:].double().sum().item()
-            swapped += losses["base"][:, first:].numel()
-    model.train()
-    nats, nbytes, swap, swapped = ctx.sum([nats, nbytes, swap, swapped])
-    count = len(starts) * (length - 1)
-    result = {"val_loss": nats / count, "val_bpb": nats / math.log(2) / max(nbytes, 1)}
-    if swapped:
-        result["val_swap_delta"] = swap / swapped
-    return result
-
-
 def train(given: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Train (or resume) a run; `given` maps TrainArgs fields to command-line values (None
     for "not given"). Returns a summary of the finished run."""
-    ctx = Distributed(given.get("device") or "auto")
+    ctx = parallel.Distributed(given.get("device") or "auto")
     try:
         return _train(ctx, given, resume)
     finally:
         ctx.close()
 
 
-def _train(ctx: Distributed, given: dict[str, Any], resume: str | None) -> dict[str, Any]:
+def _train(ctx: parallel.Distributed, given: dict[str, Any], resume: str | None) -> dict[str, Any]:
     run = _Run(ctx, given, resume)
     run.announce()
     return run.fit()
@@ -280,7 +90,8 @@ class _Run:
     its model, its schedule, and (when resuming) the optimizer, sampler and RNG state of the
     checkpoint it continues; `fit` then trains to the end, validating and saving."""
 
-    def __init__(self, ctx: Distributed, given: dict[str, Any], resume: str | None) -> None:
+    def __init__(self, ctx: parallel.Distributed, given: dict[str, Any],
+                 resume: str | None) -> None:
         self.ctx, self.started = ctx, time.monotonic()
         self.restored = self._resolve_args(given, resume)
         self._load_data()
@@ -376,7 +187,7 @@ class _Run:
             self.config.n_levels > 1 and not self.config.latent_teacher_forcing
         self.sampler = WindowSampler(len(self.train_tokens), args.seq_len, args.seed)
         self.optimizer = _optimizer(self.model, args)
-        self.dtype = pick_dtype(args.dtype, ctx.device)
+        self.dtype = choose_dtype(args.dtype, ctx.device, "training")
         self.byte_lengths = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
         self.metrics_file = self.out / "metrics.jsonl"
         self.step = 0
@@ -476,8 +287,9 @@ class _Run:
 
     def validate(self) -> dict[str, float]:
         with parallel.unsharded(self.model) as whole:
-            return evaluate(whole, self.val_tokens, self.args.seq_len, self.args.eval_tokens,
-                            self.byte_lengths, self.autocast, self.ctx)
+            return validation_scores(whole, self.val_tokens, self.args.seq_len,
+                                     self.args.eval_tokens, self.byte_lengths, self.autocast,
+                                     self.ctx)
 
     def out_of_time(self) -> bool:
         args = self.args

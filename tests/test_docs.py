@@ -124,6 +124,30 @@ def test_docs_paths_named_by_the_package_exist():
     assert "docs/PHOTON.md" in named
 
 
+def test_package_names_in_the_guides_exist():
+    """Every `photon.module.name` a guide or the README names imports (a moved or renamed
+    module or function fails here)."""
+    import importlib
+
+    bad, n = [], 0
+    for doc in COMMANDS:
+        for name in sorted(set(re.findall(r"`(photon(?:\.\w+)+)", doc.read_text()))):
+            parts, n = name.split("."), n + 1
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ModuleNotFoundError:
+                    continue
+                try:
+                    for attr in parts[i:]:
+                        obj = getattr(obj, attr)
+                except AttributeError:
+                    bad.append(f"{doc.relative_to(ROOT)}: {name}")
+                break
+    assert not bad, "names the package does not have:\n" + "\n".join(bad)
+    assert n > 10
+
+
 def commands(path: Path) -> list[tuple[str, list[str]]]:
     return commands_in(path.read_text())
 

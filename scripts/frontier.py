@@ -10,6 +10,7 @@ committed. Checkpoints stay in --runs, outside git.
     git worktree add /work/frontier-checkout <commit>              # pin the code once
     python scripts/frontier.py --plan                               # the grid and its cost
     python scripts/frontier.py --checkout /work/frontier-checkout --hours 2.5 --jobs 2
+    python scripts/frontier.py --report                             # table, fits, plot
 
 The grid (what the issue asks): 4,096 tokens a step (2 x 2,048), at least 300 steps a run;
 vanilla and bounded PHOTON at a ladder of widths with the small presets' shapes (head size 32,
@@ -37,10 +38,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import photon
 from photon.device import environment
+from photon.evaluation import scaling
 from photon.inference.workload import analytic_cache_bytes
 from photon.model.lm import count_parameters
 
@@ -325,6 +328,91 @@ def show_plan(threads: int) -> None:
           f"results (each as long as its budget's runs above)")
 
 
+# --- the fit, the plot and the table ---------------------------------------------------------
+
+COLORS = {"vanilla": "tab:blue", "swa": "tab:cyan", "bounded": "tab:red", "block": "tab:green",
+          "photon": "tab:orange"}
+
+
+def fitted_frontiers(done: dict[str, dict], budgets: np.ndarray, resamples: int
+                     ) -> dict[str, np.ndarray]:
+    """Per kind with at least five runs (sliding windows apart): the bpb its fitted law
+    predicts for the best width at each budget, one row per bootstrap law (row 0: the fit to
+    all runs). N is parameters without embeddings, D tokens trained; a width's FLOPs per
+    token are interpolated (log-log) between the kind's runs."""
+    frontiers = {}
+    for kind in ("vanilla", "bounded", "block", "photon"):
+        runs = [r for r in done.values() if r["kind"] == kind]
+        if len(runs) < 5:
+            continue
+        n = np.array([r["params_non_embedding"] for r in runs], dtype=float)
+        d = np.array([r["tokens"] for r in runs], dtype=float)
+        bpb = np.array([r["val_bpb"] for r in runs])
+        order = np.argsort(n)
+        log_fpt = np.log([runs[i]["flops"] / runs[i]["tokens"] for i in order])
+        widths = np.geomspace(n.min() / 2, n.max() * 2, 200)
+        tokens = budgets[:, None] / np.exp(np.interp(np.log(widths), np.log(n[order]),
+                                                     log_fpt))
+        laws = [scaling.fit(n, d, bpb), *scaling.bootstrap(n, d, bpb, resamples)]
+        frontiers[kind] = np.array([law.loss(widths[None], tokens).min(1) for law in laws])
+    return frontiers
+
+
+def report(resamples: int) -> None:
+    """The runs' table, each kind's fit with its interval, where the frontiers of vanilla
+    and bounded PHOTON differ beyond their intervals, and the plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = committed()
+    print("| run | params (non-emb.) | steps | val bpb | Brown bpb | val bpb at 0-255 / "
+          "256-1023 / 1024-2046 |\n|---|---|---|---|---|---|")
+    for r in sorted(done.values(), key=lambda r: (r["kind"], r["budget"], r["d_model"])):
+        buckets = " / ".join(f"{b['bpb']:.3f}" for b in r["val"]["buckets"])
+        print(f"| {r['name']} | {r['params'] / 1e6:.2f}M ({r['params_non_embedding'] / 1e6:.2f}M)"
+              f" | {r['steps']} | {r['val_bpb']:.4f} | {r['brown_bpb']:.4f} | {buckets} |")
+    spent = [r["budget"] for r in done.values()]
+    budgets = np.geomspace(min(spent) / 2, max(spent) * 2, 41)  # no further than the runs
+    frontiers = fitted_frontiers(done, budgets, resamples)
+    summary = {kind: {"budgets": budgets.tolist(), "bpb": f[0].tolist(),
+                      "interval": [scaling.interval(col) for col in f[1:].T]}
+               for kind, f in frontiers.items()}
+    if {"vanilla", "bounded"} <= frontiers.keys():
+        gap = frontiers["bounded"][1:] - frontiers["vanilla"][1:]  # paired by resample
+        sure = [(c, *scaling.interval(g)) for c, g in zip(budgets, gap.T, strict=True)]
+        summary["bounded_minus_vanilla"] = sure
+        for c, lo, hi in sure:
+            if lo > 0 or hi < 0:
+                print(f"at {c:.2g} FLOPs bounded - vanilla is in [{lo:+.3f}, {hi:+.3f}] bpb")
+    (FOLDER / "frontier_fit.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, color in COLORS.items():
+        runs = [r for r in done.values() if r["kind"] == kind]
+        if not runs:
+            continue
+        ax.scatter([r["budget"] for r in runs], [r["val_bpb"] for r in runs], s=14,
+                   color=color, alpha=0.6, label=kind)
+        best_at = {}
+        for r in runs:
+            best_at[r["budget"]] = min(best_at.get(r["budget"], np.inf), r["val_bpb"])
+        xs = sorted(best_at)
+        ax.plot(xs, [best_at[x] for x in xs], color=color, lw=1)
+        if kind in frontiers:
+            lo, hi = (np.array(v) for v in zip(*summary[kind]["interval"], strict=True))
+            ax.fill_between(budgets, lo, hi, color=color, alpha=0.15, lw=0)
+            ax.plot(budgets, frontiers[kind][0], color=color, ls="--", lw=1)
+    ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation bits per byte",
+           title="2,048 tokens, mixed corpus: every run, the best per budget (solid), the "
+                 "fitted frontier (dashed, 90 % band)")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(FOLDER / "frontier.png", dpi=130)
+    print(f"plot: {FOLDER / 'frontier.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,9 +428,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per run")
     parser.add_argument("--plan", action="store_true", help="print the grid and its cost")
     parser.add_argument("--no-commit", action="store_true", help="write results, commit nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="the table, the fits (with --resamples bootstrap fits each) and "
+                             "the plot, from the committed runs")
+    parser.add_argument("--resamples", type=int, default=100)
     args = parser.parse_args()
     if args.plan:
         show_plan(args.threads)
+        return
+    if args.report:
+        report(args.resamples)
         return
     if not args.checkout:
         parser.error("--checkout is required to run (git worktree add DIR COMMIT)")

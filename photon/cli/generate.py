@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.cli.flags import fraction, non_empty, non_negative_float, positive_int, seed
 from photon.device import DTYPE_HELP, DTYPES
 from photon.inference.modes import MODES
 
@@ -14,7 +15,6 @@ def run(args: argparse.Namespace) -> None:
     from photon.device import device_and_dtype
     from photon.errors import InputError
     from photon.inference.generate import generate_text
-    from photon.inference.sampling import check_sampling
 
     if (args.prompt is None) == (args.prompt_file is None):
         raise InputError("give exactly one of --prompt TEXT and --prompt-file FILE")
@@ -31,9 +31,6 @@ def run(args: argparse.Namespace) -> None:
             raise InputError(f"{args.prompt_file} holds no prompt (one per line)")
     else:
         prompts = [args.prompt]
-    if args.max_new_tokens <= 0:
-        raise InputError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    check_sampling(args.temperature, args.top_k, args.top_p, args.seed)  # before any output
     device, dtype = device_and_dtype(args.device or "cpu", args.dtype)
     model, tokenizer = load_model(args.checkpoint, device=device)
     model = model.to(dtype)
@@ -77,14 +74,15 @@ def add_parser(verbs) -> None:
                                          "(blank lines are skipped)")
     p.add_argument("--mode", choices=MODES, default="hiergen",
                    help="PHOTON decoding schedule (ignored by flat models)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with mass p")
-    p.add_argument("--seed", type=int, help="seed of the sampler, for reproducible samples")
-    p.add_argument("--stop", action="append", metavar="TEXT",
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 (default) is greedy")
+    p.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=fraction, help="nucleus sampling: smallest set with mass p")
+    p.add_argument("--seed", type=seed, help="seed of the sampler, for reproducible samples")
+    p.add_argument("--stop", action="append", metavar="TEXT", type=non_empty,
                    help="stop a sequence at this text (repeatable); it is cut from the output")
-    p.add_argument("--max-length", type=int,
+    p.add_argument("--max-length", type=positive_int,
                    help="cache capacity in tokens (default: longest prompt + "
                         "max-new-tokens); a request that needs more is refused")
     p.add_argument("--device", help="cpu (default) or cuda")

@@ -169,6 +169,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
     except Exception as e:  # safetensors raises its own error type for a damaged file
         raise CheckpointError(f"{ckpt / MODEL_FILE} is missing, corrupt or truncated: "
                               f"{e}") from None
+    bad = next((k for k, t in tensors.items() if not torch.isfinite(t).all()), None)
+    if bad is not None:  # a diverged run's weights: every answer would be NaN
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: {bad} holds NaN or infinite values "
+                              "(the run diverged); load an earlier checkpoint")
     model.load_state_dict(tensors, strict=False)  # names and shapes checked from the header
     try:
         tokenizer = Tokenizer.load(ckpt)

@@ -54,7 +54,7 @@ def scoring(length: int, group=None, max_tokens: int = 0) -> Request:
 
 
 def test_scoring_holds_no_slot_and_passes_a_request_waiting_for_slots():
-    scheduler = Scheduler(max_queue=10, prefill_tokens=100, share_cap=4)
+    scheduler = Scheduler(slots=8, max_queue=10, prefill_tokens=100, share_cap=4)
     waits = Request([1] * 4, 5, n=2)  # needs 2 slots, 1 is free
     score, behind, score2 = scoring(4), Request([1] * 4, 5), scoring(4)
     scheduler.add([waits, score, behind, score2], free_slots=1)
@@ -69,18 +69,18 @@ def test_scoring_holds_no_slot_and_passes_a_request_waiting_for_slots():
 def test_the_prefill_budget_counts_each_pass():
     """Scoring is a pass of its own: a request that scores and generates costs its prompt
     twice; each pass is padded to its longest prompt."""
-    scheduler = Scheduler(max_queue=10, prefill_tokens=40, share_cap=8)
+    scheduler = Scheduler(slots=8, max_queue=10, prefill_tokens=40, share_cap=8)
     both = [scoring(10, max_tokens=3) for _ in range(3)]  # 20 tokens each
     scheduler.add(both, free_slots=8)
     assert scheduler.admit(8, Counter(), print) == both[:2]
-    scheduler = Scheduler(max_queue=10, prefill_tokens=40, share_cap=8)
+    scheduler = Scheduler(slots=8, max_queue=10, prefill_tokens=40, share_cap=8)
     long, short = scoring(20), [scoring(2) for _ in range(2)]  # padded: 3 x 20 > 40
     scheduler.add([long, *short], free_slots=8)
     assert scheduler.admit(8, Counter(), print) == [long, short[0]]
 
 
 def test_a_burst_of_scoring_takes_its_share_of_the_budget_while_others_wait():
-    scheduler = Scheduler(max_queue=100, prefill_tokens=100, share_cap=8, share=0.5)
+    scheduler = Scheduler(slots=8, max_queue=100, prefill_tokens=100, share_cap=8, share=0.5)
     burst = [scoring(20, group="burst") for _ in range(10)]
     other = Request([2] * 10, 5, group="other")
     scheduler.add([*burst, other], free_slots=8)

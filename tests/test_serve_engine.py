@@ -136,12 +136,33 @@ def test_slots_follow_the_memory_budget():
     found = {}
     for kind, mode in [("vanilla", "hiergen"), ("photon-B", "hiergen"), ("photon-B", "recgen")]:
         model = make(kind)
-        slots, per_slot = slots_for_budget(model, mode, 256, budget)
+        slots, per_slot, measured = slots_for_budget(model, mode, 256, budget)
         weights = sum(p.nbytes for p in model.parameters())
-        assert slots * per_slot <= budget * 2**30 - weights
+        assert measured and slots * per_slot <= budget * 2**30 - weights
         found[kind, mode] = slots
     assert found["photon-B", "recgen"] > found["photon-B", "hiergen"] > \
         4 * found["vanilla", "hiergen"]
+
+
+def test_the_budget_is_checked_from_the_caches_size_before_measuring(monkeypatch):
+    """A budget that cannot hold one sequence's caches is answered without measuring (the
+    probe at batch 8 of a 150,000-token context took gigabytes for a 0.1 GiB budget), and
+    the measuring runs only at batches the budget holds."""
+    import photon.serve.engine as engine_mod
+    from photon.inference.workload import analytic_cache_bytes, weight_bytes
+
+    probed = []
+    monkeypatch.setattr(engine_mod, "batch_for_budget",
+                        lambda *a, batches, **kw: probed.append(batches) or (1, 1.0))
+    model = make("vanilla")
+    cache = analytic_cache_bytes(model, "hiergen", 150_000, torch.float32)
+    def budget(sequences: float) -> float:  # GiB of the weights and these caches
+        return (weight_bytes(model) + sequences * cache) / 2**30
+
+    assert slots_for_budget(model, "hiergen", 150_000, budget(0.5)) == (0, cache, False)
+    assert slots_for_budget(model, "hiergen", 150_000, budget(1.5)) == (1, cache, False)
+    assert probed == []
+    assert slots_for_budget(model, "hiergen", 150_000, budget(3.5))[2] and probed == [(1, 3)]
 
 
 def test_kv_cache_rows_share_memory_and_copy():

@@ -358,20 +358,30 @@ def test_a_failure_on_either_thread_stops_the_other(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-batch", "0"], "--max-batch must be positive"),
-    (["--memory-budget", "-1"], "--memory-budget must be positive"),
     (["--mode", "recgen", "--max-batch", "2"], "at least 2 levels"),
     (["--port", "BUSY", "--max-batch", "2"], "cannot listen"),
-    (["--memory-budget", "nan"], "--memory-budget must be positive"),
-    (["--memory-budget", "inf"], "--memory-budget must be positive"),
     (["--memory-budget", "1e9"], "GiB free on cpu"),
     (["--memory-budget", "1e-6"], "holds no sequence"),
+    (["--max-length", "150000", "--memory-budget", "0.01"], "holds no sequence"),
     (["--max-batch", "1000000000"], "GiB free on cpu"),
-    (["--port", "99999", "--max-batch", "2"], "--port must be in [0, 65535]"),
-    (["--max-share", "0", "--max-batch", "2"], "--max-share must be in (0, 1]"),
     (["--device", "bogus", "--max-batch", "2"], "unknown device 'bogus'"),
+    (["--api-key", ""], "--api-key is empty"),
+    (["--api-key", " \t"], "--api-key is empty"),
+    (["--api-key", "two words"], "printable ASCII without spaces"),
+    (["ENV="], "$PHOTON_API_KEY is empty"),
+    (["--max-body-mb", "2", "--max-bodies-mb", "1"], "a body of the largest size could never"),
+    (["--max-connections", "100000000"], "ulimit -Hn"),
 ])
-def test_serve_cli_bad_input(tmp_path, capsys, args, message):
+def test_serve_cli_bad_input(tmp_path, capsys, monkeypatch, args, message):
+    """What the flags' types cannot see is refused at start-up, in one line, before the
+    model costs memory: a budget too small for one sequence is told from the caches' size
+    without measuring (the measuring step is made to fail here)."""
+    import photon.serve.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "batch_for_budget", lambda *a, **kw: 1 / 0)
+    if args == ["ENV="]:
+        monkeypatch.setenv("PHOTON_API_KEY", "")
+        args = []
     ckpt = save_checkpoint(tmp_path / "block", make("block"), TOK)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -381,6 +391,96 @@ def test_serve_cli_bad_input(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert cli_main(["serve", str(tmp_path / "missing")]) == 2
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path, capsys):
+    model = make("vanilla")
+    with torch.no_grad():
+        model.lm_head.weight[3, 5] = float("nan")
+    ckpt = save_checkpoint(tmp_path / "nan", model, TOK)
+    assert cli_main(["serve", str(ckpt), "--max-batch", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "lm_head.weight holds NaN or infinite values" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def raw_connection(server) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.settimeout(15)
+    return s
+
+
+def closed_within(s: socket.socket, dribble: bytes, seconds: float) -> tuple[bytes, float]:
+    """Send `dribble` a byte every 0.2 s until the server closes the connection: what it
+    answered meanwhile, and when it closed (seconds); fails after `seconds`."""
+    started, answer = time.monotonic(), b""
+    s.setblocking(False)
+    for byte in dribble:
+        try:
+            s.send(bytes([byte]))
+        except OSError:  # closed (reset) while sending
+            break
+        time.sleep(0.2)
+        try:
+            chunk = s.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        answer += chunk
+        assert time.monotonic() - started < seconds, "still open"
+    took = time.monotonic() - started
+    assert took < seconds, "still open"
+    return answer, took
+
+
+@pytest.mark.e2e
+def test_slow_bodies_and_slow_later_heads_are_cut_off(tmp_path):
+    """Sending a byte every 0.2 s: a body is answered 408 and closed after --body-timeout,
+    the next head on a kept-alive connection is closed after --header-timeout (before, any
+    byte restarted uvicorn's keep-alive clock, and a body had no clock at all)."""
+    ckpt = save_checkpoint(tmp_path / "flat", make("vanilla"), TOK)
+    with ServerProcess(ckpt, "--max-batch", "2", "--header-timeout", "1", "--body-timeout",
+                       "1") as server:
+        s = raw_connection(server)
+        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 500\r\n\r\n")
+        answer, took = closed_within(s, b'{"prompt": "' + b"x" * 100, 5)
+        assert answer.startswith(b"HTTP/1.1 408 ") and took > 0.8
+        s.close()
+        s = raw_connection(server)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = b""
+        while not response.endswith(b"}"):  # the whole answer, its JSON body last
+            response += s.recv(4096)
+        assert response.startswith(b"HTTP/1.1 200 ")
+        answer, took = closed_within(s, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " +
+                                     b"y" * 100, 5)
+        assert answer == b"" and took > 0.8
+        s.close()
+        assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.e2e
+def test_connections_beyond_the_limit_are_refused_at_once(tmp_path):
+    """With --max-connections 4 held by idle clients, a fifth connection is answered 503
+    and closed at once; the idle ones are closed after --header-timeout, and the server
+    answers again."""
+    ckpt = save_checkpoint(tmp_path / "flat", make("vanilla"), TOK)
+    with ServerProcess(ckpt, "--max-batch", "2", "--max-connections", "4",
+                       "--header-timeout", "2") as server:
+        idle = [raw_connection(server) for _ in range(4)]
+        extra = raw_connection(server)
+        answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"--max-connections" in answer
+        assert extra.recv(4096) == b""
+        for s in idle:
+            assert s.recv(4096) == b""  # closed by the server after 2 s
+            s.close()
+        assert httpx.get(f"{server.url}/health").status_code == 200
 
 
 @pytest.mark.e2e

@@ -1,16 +1,19 @@
 """What one request may ask of `photon serve`, checked in process (the ASGI app over a running
-engine): body size, sequences, stop strings, sampling values, Unicode, authentication, and
-that parsing and tokenizing never hold up the event loop."""
+engine): body size, time and memory, sequences, stop strings, sampling values, Unicode,
+authentication, every method on every path, and that parsing and tokenizing never hold up
+the event loop."""
 
 import asyncio
 import json
-import threading
+import logging
+import time
 
 import httpx
 import pytest
 
 from photon.data.tokenizer import Tokenizer
 from photon.serve.api import Limits, create_app
+from photon.serve.body import SMALL_BODY
 from photon.serve.engine import Engine
 from tests.conftest import make
 
@@ -18,38 +21,30 @@ KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-class GatedTokenizer:
-    """The bytes tokenizer, whose encode of a long text waits until /health was answered
-    (or 5 s): if tokenizing blocked the event loop, /health could not be answered first."""
-
-    def __init__(self) -> None:
-        self.inner, self.health_done, self.timed_out = Tokenizer.bytes(), threading.Event(), None
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode(self, text: str) -> list[int]:
-        if len(text) > 1000:
-            self.timed_out = not self.health_done.wait(5)
-        return self.inner.encode(text)
-
-
 @pytest.fixture
 def app_of():
+    """build(tokenizer=None, max_queue=2048, **limits): an httpx client of the app over a
+    started engine (4 slots of 128 tokens); `build.app` and `build.engine` are the last
+    built."""
     engines = []
 
-    def build(tokenizer=None, **limits):
-        engine = Engine(make("photon-B"), tokenizer or Tokenizer.bytes(), slots=4, max_len=128)
+    def build(tokenizer=None, max_queue=2048, **limits):
+        tokenizer = tokenizer or Tokenizer.bytes()
+        engine = Engine(make("photon-B", vocab_size=max(256, tokenizer.vocab_size)), tokenizer,
+                        slots=4, max_len=128, max_queue=max_queue)
         engine.start()
         engines.append(engine)
         build.engine = engine
-        app = create_app(engine, "m", KEY, start_engine=False, limits=Limits(**limits))
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+        build.app = create_app(engine, "m", KEY, start_engine=False, limits=Limits(**limits))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=build.app),
                                  base_url="http://test")
 
     yield build
     for engine in engines:
         engine.shutdown()
+
+
+BPE = Tokenizer.train_bpe(["the quick brown fox jumps over the lazy dog, "] * 20, 300)
 
 
 def post(client, body: dict | bytes, headers=AUTH):
@@ -67,8 +62,8 @@ def run(coroutine):
     ({"prompt": ["ab"] * 9}, 400, "prompt"),  # 9 prompts x 1 > 8 sequences
     ({"prompt": "ab", "n": 4}, 400, "n"),  # one request holds at most 3 of the 4 slots
     ({"prompt": "ab", "stop": ["z" * 300]}, 400, "stop"),
-    ({"prompt": "ab", "seed": 2**64}, 400, None),
-    ({"prompt": "ab", "seed": -1}, 400, None),
+    ({"prompt": "ab", "seed": 2**64}, 400, "seed"),
+    ({"prompt": "ab", "seed": -1}, 400, "seed"),
 ])
 def test_requests_over_a_limit_are_refused_with_a_clear_error(app_of, body, status, param):
     async def go():
@@ -78,6 +73,19 @@ def test_requests_over_a_limit_are_refused_with_a_clear_error(app_of, body, stat
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["param"] == param
+
+
+def test_a_prompt_of_no_token_ids_is_a_400(app_of):
+    """Empty text starts from the end-of-text token; an empty list of token ids is a
+    mistake, not that prompt."""
+    async def go():
+        async with app_of(BPE) as client:
+            return [await post(client, {"model": "m", "prompt": prompt, "max_tokens": 2})
+                    for prompt in ([[]], [[1], []], "", [""])]
+    *empty_ids, empty_text, empty_texts = run(go())
+    for r in empty_ids:
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    assert empty_text.status_code == empty_texts.status_code == 200
 
 
 def test_a_lone_surrogate_is_a_400_not_a_500(app_of):
@@ -115,24 +123,6 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_schema_needs_the_key(app_
     lower, wrong, schema = run(go())
     assert lower.status_code == 200 and wrong.status_code == 401
     assert schema.status_code == 404
-
-
-def test_tokenizing_a_large_request_does_not_hold_up_the_event_loop(app_of):
-    """/health is answered while a large prompt is still being tokenized: the tokenizer
-    waits for /health's answer, which a tokenizer running on the event loop would block."""
-    tokenizer = GatedTokenizer()
-
-    async def go():
-        async with app_of(tokenizer) as client:
-            big = asyncio.create_task(post(client, {"model": "m", "prompt": "y" * 100_000,
-                                                    "max_tokens": 4}))
-            await asyncio.sleep(0.05)  # the big request is read and in the tokenizer
-            health = await client.get("/health")
-            tokenizer.health_done.set()
-            return health, await big
-    health, big = run(go())
-    assert health.status_code == 200 and tokenizer.timed_out is False
-    assert big.status_code == 400 and "context length" in big.json()["error"]["message"]
 
 
 def test_device_names_are_checked_once_for_every_verb():
@@ -213,3 +203,253 @@ def test_draining_answers_every_request_even_while_a_step_runs_long(app_of, monk
     assert plain.status_code == 503 and "shutting down" in plain.json()["error"]["message"]
     events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
     assert "shutting down" in events[-2] and events[-1] == "data: [DONE]"
+
+
+# --- what a request costs before it is refused
+
+
+class CountingTokenizer:
+    """A tokenizer that records the length of every text it is asked to encode, by
+    `encode`, `encode_batch` or its HF backend."""
+
+    def __init__(self, inner: Tokenizer) -> None:
+        self.inner, self.encoded = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded.append(len(text))
+        return self.inner.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        self.encoded += map(len, texts)
+        return self.inner.encode_batch(texts)
+
+    @property
+    def backend(self):
+        return CountingBackend(self.inner.backend, self.encoded)
+
+
+class CountingBackend:
+    def __init__(self, inner, encoded: list[int]) -> None:
+        self.inner, self.encoded = inner, encoded
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, text: str, *args, **kwargs):
+        self.encoded.append(len(text))
+        return self.inner.encode(text, *args, **kwargs)
+
+    def encode_batch(self, texts: list[str], *args, **kwargs):
+        self.encoded += map(len, texts)
+        return self.inner.encode_batch(texts, *args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_text_that_cannot_fit_is_refused_before_it_is_tokenized(app_of, kind):
+    """A prompt longer in bytes than the context's tokens can spell (their number times the
+    longest token's bytes) is a 400 without being tokenized; text that fits is tokenized as
+    Tokenizer.encode does. (/tokenize takes text of any length, as vLLM's: lm-eval
+    tokenizes whole documents there.)"""
+    tokenizer = CountingTokenizer(Tokenizer.bytes() if kind == "bytes" else BPE)
+    fitting = "the quick brown fox <|endoftext|> jumps"
+
+    async def go():
+        async with app_of(tokenizer) as client:
+            long = await post(client, {"model": "m", "prompt": ["ok", "y" * 100_000],
+                                       "max_tokens": 4})
+            fits = await client.post("/tokenize", json={"prompt": fitting}, headers=AUTH)
+            return long, fits
+    long, fits = run(go())
+    assert long.status_code == 400
+    assert long.json()["error"]["code"] == "context_length_exceeded"
+    assert "at least" in long.json()["error"]["message"]
+    assert fits.status_code == 200 and fits.json()["tokens"] == tokenizer.inner.encode(fitting)
+    assert tokenizer.encoded and max(tokenizer.encoded) < 1000  # only the short texts
+
+
+@pytest.mark.parametrize("prompt", ["text", "token ids", "/tokenize"])
+def test_a_large_prompt_does_not_stall_the_server(app_of, prompt):
+    """While a large prompt is parsed and tokenized on its worker thread, /health keeps
+    answering: text whose length gives no bound (a tokenizer with a normalizer) is
+    tokenized by a call that releases the GIL (HF's `encode` holds it: seconds here), at
+    /v1/completions and at /tokenize (which takes text of any length), and a long list of
+    token ids is parsed in one pass (pydantic's union of the prompt's four shapes took
+    seconds, the GIL held). /health's slowest answer is measured against the whole
+    request's time, which a held GIL (the old code) fills alone, whatever the machine's
+    load."""
+    from tokenizers import normalizers
+
+    path, extra, status = "/v1/completions", {"max_tokens": 4}, 400
+    hf = Tokenizer.train_bpe(["the quick brown fox "] * 20, 300).backend
+    hf.normalizer = normalizers.NFC()
+    tokenizer, value = Tokenizer(hf, kind="hf"), "the quick brown fox " * 75_000
+    if prompt == "token ids":
+        tokenizer, value = Tokenizer.bytes(), [1] * 1_500_000
+    elif prompt == "/tokenize":
+        path, extra, status = prompt, {}, 200
+
+    async def go():
+        async with app_of(tokenizer) as client:
+            sent = time.monotonic()
+            big = asyncio.create_task(client.post(path, headers=AUTH, json={
+                "model": "m", "prompt": value, **extra}))
+            worst, last = 0.0, time.monotonic()
+            while not big.done():  # the stall falls anywhere: between answers too
+                assert (await client.get("/health")).status_code == 200
+                await asyncio.sleep(0.01)
+                worst, last = max(worst, time.monotonic() - last), time.monotonic()
+            return worst, time.monotonic() - sent, await big
+    worst, took, big = run(go())
+    assert big.status_code == status, big.text[:300]
+    if status == 400:
+        assert big.json()["error"]["code"] == "context_length_exceeded"
+    else:
+        assert big.json()["count"] == len(big.json()["tokens"]) > 100_000
+    assert worst < max(0.5, 0.35 * took), (worst, took)
+
+
+def asgi_receive(chunks: list[bytes], end: asyncio.Event | None = None, leave: bool = False):
+    """An ASGI `receive` that sends `chunks` of a body, then (once `end` is set, if given)
+    its end, or with `leave` a disconnect; later calls wait for ever."""
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if receive.ended:
+            await asyncio.Event().wait()
+        if end is not None:
+            await end.wait()
+        receive.ended = True
+        return {"type": "http.disconnect"} if leave else \
+            {"type": "http.request", "body": b"", "more_body": False}
+    receive.ended = False
+    return receive
+
+
+async def asgi_post(app, path: str, receive) -> tuple[int, dict[str, str]]:
+    """POST straight to the ASGI app: the status and headers it answers with."""
+    answer = {}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            answer.update(status=message["status"], headers={
+                k.decode(): v.decode() for k, v in message.get("headers", [])})
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("test", 80), "state": {},
+             "headers": [(b"authorization", f"Bearer {KEY}".encode())]}
+    await app(scope, receive, send)
+    return answer["status"], answer["headers"]
+
+
+def test_bodies_in_flight_share_a_memory_bound(app_of):
+    """Beyond the first SMALL_BODY bytes of each (what uvicorn buffers of any connection),
+    bodies share a bound: of two bodies stalled 2,500 bytes beyond it, under a bound of
+    4,000, the second is answered 503 with Retry-After at once instead of being held, while
+    a small body is read as ever; once the first is done its bytes are free for the next."""
+    big = b"x" * (SMALL_BODY + 2500)
+    app_of(max_body_bytes=SMALL_BODY + 3000, max_bodies_bytes=4000)
+
+    async def go():
+        release = asyncio.Event()
+        first = asyncio.create_task(asgi_post(app_of.app, "/v1/completions",
+                                              asgi_receive([big], release)))
+        await asyncio.sleep(0.1)
+        second = await asyncio.wait_for(asgi_post(
+            app_of.app, "/tokenize", asgi_receive([big], asyncio.Event())), 10)
+        small = await asgi_post(app_of.app, "/tokenize", asgi_receive([b"y" * 1000]))
+        release.set()
+        first = await first
+        third = await asgi_post(app_of.app, "/tokenize", asgi_receive([big]))
+        return first, second, small, third
+    first, second, small, third = run(go())
+    assert second[0] == 503 and second[1]["retry-after"] == "1"
+    assert first[0] == small[0] == third[0] == 400  # read whole: not JSON
+
+
+def test_a_body_that_arrives_too_slowly_is_answered_408_and_closed(app_of):
+    app_of(body_timeout=0.3)
+
+    async def go():
+        started = time.monotonic()
+        answer = await asyncio.wait_for(asgi_post(
+            app_of.app, "/v1/completions", asgi_receive([b'{"mo'], asyncio.Event())), 10)
+        return answer, time.monotonic() - started
+    (status, headers), took = run(go())
+    assert status == 408 and headers["connection"] == "close" and took < 2
+
+
+def test_a_client_that_leaves_mid_upload_is_a_499_with_one_log_line(app_of, caplog):
+    """Aborting an upload is the client's doing: counted as 499 in /metrics, one warning
+    line, no traceback and no 500."""
+    app_of()
+    with caplog.at_level(logging.INFO):
+        for path in ("/v1/completions", "/tokenize"):
+            status, _ = run(asgi_post(app_of.app, path,
+                                      asgi_receive([b'{"model": "m", "pro'], leave=True)))
+            assert status == 499
+    requests = app_of.engine.metrics.requests
+    assert requests.labels("/v1/completions", "499")._value.get() == 1
+    assert requests.labels("/tokenize", "499")._value.get() == 1
+    assert not any(r.exc_info for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records if "499" in r.getMessage()]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+
+
+def test_a_request_that_can_never_fit_is_a_400_and_scoring_takes_no_queue_room(app_of):
+    """4 slots and a queue of 2 can never hold 10 sequences at once: a 400 saying so, not a
+    429 to retry. Ten prompts that are only scored (echo, max_tokens 0) hold no slot and
+    need no room in the queue."""
+    async def go():
+        async with app_of(max_queue=2) as client:
+            never = await post(client, {"model": "m", "prompt": [[1]] * 10, "max_tokens": 4})
+            scored = await post(client, {"model": "m", "prompt": [[1, 2]] * 10,
+                                         "max_tokens": 0, "echo": True, "logprobs": 0})
+            return never, scored
+    never, scored = run(go())
+    assert never.status_code == 400 and never.json()["error"]["param"] == "prompt"
+    assert "can ever hold" in never.json()["error"]["message"]
+    assert scored.status_code == 200 and len(scored.json()["choices"]) == 10
+
+
+def test_every_method_on_every_path_is_answered_never_500(app_of):
+    """Every path of the app (and unknown ones) with every method, each with and without
+    the key and a seeded random body: never a 500; errors in OpenAI's shape, 405 with Allow,
+    HEAD without a body; HEAD /health and /metrics answer 200 as probes expect."""
+    import random
+
+    rng = random.Random(31)
+    bodies = [b"", b"{}", b"{not json", b'{"model": "m", "prompt": "a", "max_tokens": 1}',
+              b"\xff\xfe", b"[]", b'{"prompt": [[]]}']
+    client = app_of()
+    paths = sorted({r.path for r in app_of.app.routes}) + ["/", "/nope", "/v1/nope"]
+    methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+    async def go():
+        answers = []
+        async with client:
+            for path in paths:
+                for method in methods:
+                    for headers in (AUTH, {}):
+                        r = await client.request(method, path, content=rng.choice(bodies),
+                                                 headers=headers)
+                        answers.append((method, path, r))
+        return answers
+    answers = run(go())
+    assert len(answers) == len(paths) * len(methods) * 2
+    for method, path, r in answers:
+        assert r.status_code < 500, (method, path, r.status_code, r.text)
+        if method == "HEAD":
+            assert r.content == b"", (path, r.content)
+        elif r.status_code >= 400:
+            assert r.json()["error"]["message"], (method, path, r.text)
+        if r.status_code == 405:
+            assert r.headers["allow"], (method, path)
+    probes = {(m, p): r.status_code for m, p, r in answers if m == "HEAD"}
+    assert probes["HEAD", "/health"] == probes["HEAD", "/metrics"] == 200

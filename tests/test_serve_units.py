@@ -1,13 +1,16 @@
 """The engine's parts alone: admission (Scheduler), the model step (ModelRunner) and output
-processing (RunningSequence)."""
+processing (RunningSequence, and the log-probabilities of an answer)."""
 
+import json
 from collections import Counter
 
 import pytest
 
 from photon.data.tokenizer import Tokenizer
-from photon.serve.output import RunningSequence
+from photon.errors import InputError
+from photon.serve.output import RunningSequence, TokenLogprob
 from photon.serve.request import Request
+from photon.serve.responses import LEAST_LOGPROB, logprobs_body
 from photon.serve.runner import ModelRunner
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import QueueFullError, Scheduler
@@ -15,7 +18,7 @@ from tests.conftest import make
 
 
 def test_scheduler_admits_in_order_within_slots_and_prefill_budget():
-    scheduler = Scheduler(max_queue=4, prefill_tokens=12, share_cap=10)
+    scheduler = Scheduler(slots=8, max_queue=4, prefill_tokens=12, share_cap=10)
     a, b, c, d = (Request([1] * 4, 2), Request([1] * 4, 2, n=2), Request([1] * 4, 2),
                   Request([1] * 2, 2))
     scheduler.add([a, b, c, d], free_slots=1)  # 5 sequences, one slot free: 4 beyond it
@@ -25,7 +28,7 @@ def test_scheduler_admits_in_order_within_slots_and_prefill_budget():
     assert scheduler.admit(free_slots=10, running=Counter(), on_cancelled=print) == [a, b, c]
     assert list(scheduler.waiting) == [d]
     # b asks for 2 slots: with one free it waits, and nothing behind it jumps the queue.
-    scheduler = Scheduler(max_queue=8, prefill_tokens=100, share_cap=10)
+    scheduler = Scheduler(slots=8, max_queue=8, prefill_tokens=100, share_cap=10)
     scheduler.add([a, b, c], free_slots=0)
     assert scheduler.admit(free_slots=2, running=Counter(), on_cancelled=print) == [a]
     c.cancelled = True
@@ -38,7 +41,7 @@ def test_scheduler_admits_in_order_within_slots_and_prefill_budget():
 def test_scheduler_lets_other_calls_pass_a_call_at_its_share():
     """One call's prompts hold at most share_cap slots; a later call goes ahead of the rest
     of it instead of waiting behind it."""
-    scheduler = Scheduler(max_queue=100, prefill_tokens=1000, share_cap=3)
+    scheduler = Scheduler(slots=8, max_queue=100, prefill_tokens=1000, share_cap=3)
     big = [Request([1] * 4, 9, group="big") for _ in range(6)]
     small = Request([2] * 4, 9, group="small")
     scheduler.add([*big, small], free_slots=4)
@@ -82,3 +85,27 @@ def test_running_sequence_stops_at_eos_stop_string_and_length():
     seq = RunningSequence(Request([1], 100, stream=True), 0, tok)
     output = seq.take([104, 105, 0, 106], [False, True, True, True], eos_id=0, logprob_row=None)
     assert output.finish_reason == "stop" and output.token_ids == [105]
+
+
+def test_what_can_never_fit_is_refused_and_scoring_takes_no_queue_room():
+    """8 slots and a queue of 4 hold at most 12 sequences that need a slot: 13 are an
+    InputError (a retry cannot help), not QueueFullError. Scoring-only requests (max_tokens
+    0) hold no slot and count against neither."""
+    scheduler = Scheduler(slots=8, max_queue=4, prefill_tokens=100, share_cap=8)
+    with pytest.raises(InputError, match="8 slots and queue of 4 can ever hold"):
+        scheduler.add([Request([1], 2, n=13)], free_slots=8)
+    scheduler.add([Request([1], 0, n=8, prompt_logprobs=0) for _ in range(20)], free_slots=0)
+    scheduler.add([Request([1], 2, n=4)], free_slots=0)  # the queue's 4, scoring aside
+    with pytest.raises(QueueFullError):
+        scheduler.add([Request([1], 2)], free_slots=0)
+
+
+def test_log_probabilities_that_are_not_finite_are_still_json():
+    """-inf (an underflowed probability) is reported as -9999 and NaN as null: an answer
+    is always JSON, which has neither (a stream once sent NaN)."""
+    inf, nan = float("inf"), float("nan")
+    body = logprobs_body([TokenLogprob("a", -inf, 0, {"a": -inf, "b": nan}),
+                          TokenLogprob("b", nan, 1), TokenLogprob("c", None, 2)])
+    json.dumps(body, allow_nan=False)
+    assert body["token_logprobs"] == [LEAST_LOGPROB, None, None]
+    assert body["top_logprobs"][0] == {"a": LEAST_LOGPROB, "b": None}

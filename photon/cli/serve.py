@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import socket
 import threading
 from typing import TYPE_CHECKING
 
+from photon.cli.flags import (
+    fraction,
+    mebibytes,
+    non_negative_float,
+    port,
+    positive_float,
+    positive_int,
+    seed,
+)
 from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import DependencyError, InputError
 from photon.inference.modes import MODES
@@ -19,6 +27,44 @@ if TYPE_CHECKING:
 
     from photon.serve.engine import Engine
 
+DEFAULT_CONNECTIONS = 4096
+SPARE_FILES = 64  # open files besides the connections: the model's, logs, the event loop's
+
+
+def api_key(flag: str | None) -> str | None:
+    """The key clients must send: --api-key, else $PHOTON_API_KEY, else none. A key that is
+    given but empty or blank (an unset variable: --api-key "$KEY") is refused, not taken as
+    no key; so is one that cannot be sent in an Authorization header."""
+    key, source = (flag, "--api-key") if flag is not None else \
+        (os.environ.get("PHOTON_API_KEY"), "$PHOTON_API_KEY")
+    if key is None:
+        return None
+    if not key.strip():
+        raise InputError(f"{source} is empty: give a key, or leave it out to serve without "
+                         "authentication")
+    if not (key.isascii() and key.isprintable()) or key != "".join(key.split()):
+        raise InputError(f"{source} must be printable ASCII without spaces (clients send it "
+                         "in an Authorization header)")
+    return key
+
+
+def connection_limit(requested: int | None) -> int:
+    """Connections served at once: `requested` (default DEFAULT_CONNECTIONS, or what the
+    open-file limit allows), raising the process's soft open-file limit as far as needed and
+    allowed; a requested number the hard limit cannot hold is refused."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: no limit to read
+        return requested or DEFAULT_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard_cap = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    wanted = requested or min(DEFAULT_CONNECTIONS, hard_cap - SPARE_FILES)
+    if wanted < 1 or wanted + SPARE_FILES > hard_cap:
+        raise InputError(f"--max-connections {wanted} needs {wanted + SPARE_FILES} open files; "
+                         f"this process may open {hard_cap} (ulimit -Hn)")
+    if soft != resource.RLIM_INFINITY and soft < wanted + SPARE_FILES:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted + SPARE_FILES, hard))
+    return wanted
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -56,19 +102,17 @@ def size_slots(args: argparse.Namespace, model, device, max_len: int) -> tuple[i
     budget = args.memory_budget
     if budget is None:
         budget = 0.9 * free / GIB if device.type == "cuda" else min(2.0, 0.9 * free / GIB)
-    if not math.isfinite(budget) or budget <= 0:
-        raise InputError(f"--memory-budget must be positive (a finite number of GiB), got {budget}")
     if budget * GIB > free:
         raise InputError(f"--memory-budget {budget:g} GiB is more than the {free / GIB:.2f} "
                          f"GiB free on {device}")
     with torch.inference_mode():
-        slots, per_slot = slots_for_budget(model, args.mode, max_len, budget)
+        slots, per_slot, measured = slots_for_budget(model, args.mode, max_len, budget)
     if slots < 1:
         raise InputError(f"--memory-budget {budget:g} GiB holds no sequence: the weights take "
                          f"{weight_bytes(model) / GIB:.3f} GiB and one sequence of {max_len} "
-                         f"tokens {per_slot / 2**20:.3f} MiB")
-    return slots, (f"{budget:.2f} GiB budget / {per_slot / 2**20:.3f} MiB per sequence, "
-                   "measured as photon bench does")
+                         f"tokens {'' if measured else 'at least '}{per_slot / 2**20:.3f} MiB")
+    how = "measured as photon bench does" if measured else "its caches' size"
+    return slots, f"{budget:.2f} GiB budget / {per_slot / 2**20:.3f} MiB per sequence, {how}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -85,19 +129,14 @@ def run(args: argparse.Namespace) -> None:
     from photon.device import device_and_dtype
     from photon.serve.engine import Engine
 
+    key = api_key(args.api_key)
+    if args.max_bodies_mb < args.max_body_mb:
+        raise InputError(f"--max-bodies-mb {args.max_bodies_mb:g} is less than --max-body-mb "
+                         f"{args.max_body_mb:g}: a body of the largest size could never be read")
+    max_connections = connection_limit(args.max_connections)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    api_key = args.api_key or os.environ.get("PHOTON_API_KEY") or None
-    device, dtype = device_and_dtype(args.device, args.dtype)
-    for name in ("max_batch", "max_queue", "max_length", "prefill_tokens", "threads",
-                 "max_request_seqs", "max_body_mb", "header_timeout"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if not 0 < args.max_share <= 1:
-        raise InputError(f"--max-share must be in (0, 1], got {args.max_share}")
-    if not 0 < args.port < 65536 and args.port != 0:
-        raise InputError(f"--port must be in [0, 65535], got {args.port}")
     model, tokenizer = load_model(args.checkpoint, device=device)
     model = model.to(dtype)
     name = args.model_name or os.path.basename(os.path.normpath(args.checkpoint))
@@ -107,21 +146,22 @@ def run(args: argparse.Namespace) -> None:
                     prefill_tokens=args.prefill_tokens, seed=args.seed,
                     max_share=args.max_share)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20),
-                    max_request_seqs=args.max_request_seqs)
-    app = create_app(engine, name, api_key, start_engine=False, limits=limits)
+                    max_bodies_bytes=int(args.max_bodies_mb * 2**20),
+                    body_timeout=args.body_timeout, max_request_seqs=args.max_request_seqs)
+    app = create_app(engine, name, key, start_engine=False, limits=limits)
     sock = listening_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"{name}: {engine.mode if engine.mode != '-' else 'flat'} decoding, {slots} slots of "
           f"{max_len} tokens ({how}), {device}, {str(dtype).removeprefix('torch.')}"
-          f"{', API key required' if api_key else ''}")
+          f"{', API key required' if key else ''}, at most {max_connections} connections")
     print(f"listening on {url}  (OpenAI API at {url}/v1; Ctrl-C drains and stops)", flush=True)
 
-    from photon.serve.http import with_header_timeout
+    from photon.serve.http import bounded_protocol
 
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log,
                             timeout_graceful_shutdown=int(args.drain_timeout) + 5,
-                            http=with_header_timeout(args.header_timeout))
+                            http=bounded_protocol(args.header_timeout, max_connections))
     serve_forever(engine, uvicorn.Server(config), sock, args.drain_timeout)
 
 
@@ -188,46 +228,59 @@ def add_parser(verbs) -> None:
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    p.add_argument("--port", type=port, default=8000, help="port (0: any free port)")
     p.add_argument("--mode", choices=MODES, default="hiergen",
                    help="PHOTON decoding schedule (ignored by flat models)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--memory-budget", type=float, metavar="GIB",
+    size.add_argument("--memory-budget", type=positive_float, metavar="GIB",
                       help="memory for weights and sequences; sets the slots (default: 2 on "
                            "the CPU, 90%% of the free GPU memory on CUDA)")
-    size.add_argument("--max-batch", type=int, metavar="N", help="exactly N slots instead")
-    p.add_argument("--max-length", type=int,
+    size.add_argument("--max-batch", type=positive_int, metavar="N",
+                      help="exactly N slots instead")
+    p.add_argument("--max-length", type=positive_int,
                    help="tokens per sequence, prompt and completion (default: the model's "
                         "training context)")
-    p.add_argument("--max-queue", type=int, default=2048,
-                   help="sequences that may wait for a slot; more are answered 429")
-    p.add_argument("--max-share", type=float, default=0.75,
+    p.add_argument("--max-queue", type=positive_int, default=2048,
+                   help="sequences that may wait for a slot; more are answered 429, and a "
+                        "request that needs more than the slots and the queue together 400")
+    p.add_argument("--max-share", type=fraction, default=0.75,
                    help="fraction of the slots one request may hold at once, and of a "
                         "step's prefill budget while other requests wait (fair admission: "
                         "the rest of a large request waits while later ones go ahead); "
                         "also the most completions (n, best_of) of one prompt")
-    p.add_argument("--max-request-seqs", type=int,
+    p.add_argument("--max-request-seqs", type=positive_int,
                    help="sequences one request may ask for, prompts x n (default: 4 x the "
                         "slots); more is a 400")
-    p.add_argument("--max-body-mb", type=float, default=8.0,
+    p.add_argument("--max-body-mb", type=mebibytes(1024), default=8.0,
                    help="largest request body in MiB; a larger one is answered 413 before "
                         "it is read")
-    p.add_argument("--prefill-tokens", type=int, default=8192,
+    p.add_argument("--max-bodies-mb", type=mebibytes(1024), default=64.0,
+                   help="MiB of request bodies held at once, while they are received, parsed "
+                        "and tokenized; a body beyond is answered 503 with Retry-After")
+    p.add_argument("--prefill-tokens", type=positive_int, default=8192,
                    help="prompt tokens prefilled or scored (echo) together at one step "
                         "boundary (the first waiting request always joins)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests "
                                      "and /tokenize, /detokenize, /tokenizer_info "
-                                     "(default: $PHOTON_API_KEY; none if unset)")
+                                     "(default: $PHOTON_API_KEY; none if unset; an empty "
+                                     "key is refused, not taken as none)")
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint "
                                         "folder's name)")
-    p.add_argument("--drain-timeout", type=float, default=30.0,
+    p.add_argument("--drain-timeout", type=non_negative_float, default=30.0,
                    help="on Ctrl-C / SIGTERM, seconds to let running requests finish before "
                         "they are answered with an error")
-    p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a new connection has to send its request line and headers "
-                        "before it is closed")
-    p.add_argument("--seed", type=int, help="seed of the generator unseeded requests share")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
+                   help="seconds a connection has to send a request's line and headers, from "
+                        "its opening or the end of the previous response, before it is "
+                        "closed")
+    p.add_argument("--body-timeout", type=positive_float, default=60.0,
+                   help="seconds a request's body may take to arrive after its headers; a "
+                        "slower one is answered 408 and its connection closed")
+    p.add_argument("--max-connections", type=positive_int,
+                   help=f"connections open at once; one more is answered 503 and closed "
+                        f"(default {DEFAULT_CONNECTIONS}, or what the open-file limit allows)")
+    p.add_argument("--seed", type=seed, help="seed of the generator unseeded requests share")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
     p.add_argument("--log-level", default="warning",

@@ -2,20 +2,23 @@
 
 POST /v1/completions (with echo: the prompt's tokens and their log-probabilities), GET
 /v1/models, and vLLM's POST /tokenize, POST /detokenize and GET /tokenizer_info (all behind
-the API key when one is set), GET /health, GET /metrics (Prometheus text). Every error is
-OpenAI's body {"error": {message, type, param, code}}: 400 for a bad request, 401 for a
-wrong or missing key, 413 for a body over the limit, 429 with Retry-After when the queue is
-full, 503 while shutting down, 500 for a bug. A client that disconnects cancels its
-sequences, which frees their slots at the next step. A request is parsed, checked and
-tokenized on a worker thread, never on the event loop, so a large one does not hold up
-/health or the streams of others.
+the API key when one is set), GET (or HEAD) /health, GET /metrics (Prometheus text). Every
+error is OpenAI's body {"error": {message, type, param, code}}: 400 for a bad request (one
+that can never be served included), 401 for a wrong or missing key, 405 for a wrong method,
+408 for a body that arrives too slowly, 413 for a body over the limit, 429 with Retry-After
+when the queue is full, 503 while shutting down or when the memory for request bodies is
+taken, 500 for a bug. A client that disconnects cancels its sequences, which frees their
+slots at the next step; one that leaves while sending its body is counted as 499. A request
+is parsed, checked and tokenized on a worker thread, never on the event loop, so a large one
+does not hold up /health or the streams of others (photon.serve.body and .parsing bound what
+it costs before it is refused).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,24 +32,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from photon.errors import InputError
-from photon.serve.body import read_body
+from photon.serve.body import BodyBudget, ClientGone, read_body
 from photon.serve.engine import SHUTTING_DOWN, Engine, ShuttingDownError
 from photon.serve.output import Output, eos_text
-from photon.serve.parsing import (
-    detokenize_body,
-    engine_requests,
-    prepare,
-    tokenize_body,
-    validation_error,
-)
+from photon.serve.parsing import Parser, engine_requests, validation_error
 from photon.serve.request import Request as EngineRequest
-from photon.serve.responses import complete, engine_error, logprobs_body, with_echo
+from photon.serve.responses import complete, engine_error, event, logprobs_body, with_echo
 from photon.serve.scheduler import QueueFullError
 from photon.serve.schema import (
     APIError,
     CompletionRequest,
 )
 
+log = logging.getLogger("photon.serve")
 DISCONNECTED = object()  # put in a request's output queue when its client goes away
 DRAIN_POLL_S = 0.5  # how often a waiting request looks at the drain deadline
 # Paths behind the API key besides /v1/...: vLLM's tokenizer endpoints.
@@ -58,6 +56,8 @@ class Limits:
     """What one request may ask for (`photon serve --help` lists the flags)."""
 
     max_body_bytes: int = 8 << 20  # 413 beyond
+    max_bodies_bytes: int = 64 << 20  # of all bodies being read or parsed; 503 beyond
+    body_timeout: float = 60.0  # seconds from a request's head to its body's end; 408 beyond
     max_request_seqs: int | None = None  # prompts x n (or best_of); default 4 x the slots
     max_stop_chars: int = 256  # each stop string
 
@@ -79,10 +79,17 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     # The schema is public only when the API is: with a key, /openapi.json is off.
     app = FastAPI(title="photon serve", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None if api_key else "/openapi.json")
-    max_seqs = limits.max_request_seqs or 4 * engine.slots
+    parser = Parser(model_name, engine.tokenizer, engine.max_len, engine.share_cap,
+                    limits.max_request_seqs or 4 * engine.slots, limits.max_stop_chars)
+    budget = BodyBudget(limits.max_bodies_bytes)
     app.add_middleware(ApiKey, key=api_key)
     app.add_middleware(RequestMetrics, engine=engine)  # outermost: counts the 401s too
     tokenizer, created = engine.tokenizer, int(time.time())
+
+    def body(request: Request):
+        """The request's body, bounded as `limits` say (an `async with` block)."""
+        return read_body(request.receive, request.headers, limits.max_body_bytes,
+                         limits.body_timeout, budget)
 
     @app.exception_handler(APIError)
     async def api_error(_request: Request, e: APIError) -> JSONResponse:
@@ -92,25 +99,34 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     async def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
         return await api_error(_request, validation_error(e.errors()))
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, _e: ClientGone) -> Response:
+        client = request.client.host if request.client else "a client"
+        log.warning("%s closed the connection while sending a request to %s (499)", client,
+                    request.url.path)
+        return Response(status_code=499)  # nobody reads it: counted in /metrics
+
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, e: HTTPException) -> JSONResponse:
-        return await api_error(_request, APIError(e.status_code, str(e.detail)))
+        return await api_error(_request, APIError(e.status_code, str(e.detail),
+                                                  headers=e.headers))  # 405's Allow
 
     @app.exception_handler(Exception)
     async def crashed(_request: Request, e: Exception) -> JSONResponse:
         return await api_error(_request, APIError(500, f"internal error: {e}",
                                                   type="server_error"))
 
-    @app.get("/health")
+    # HEAD too, for health probes that send it; FastAPI routes only the methods they name.
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
         return {"status": "ok", "model": model_name, **engine.stats()}
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         return Response(generate_latest(engine.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> dict:
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": created, "owned_by": "photon",
@@ -118,12 +134,11 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        raw = await read_body(request, limits.max_body_bytes)
-        body, prompts = await asyncio.to_thread(prepare, raw, model_name, tokenizer, engine,
-                                                max_seqs, limits.max_stop_chars)
+        async with body(request) as raw:
+            parsed, prompts = await asyncio.to_thread(parser.completion, raw)
         queue: asyncio.Queue = asyncio.Queue()
         try:
-            jobs = engine_requests(body, prompts, queue, eos_text(tokenizer))
+            jobs = engine_requests(parsed, prompts, queue, parser.end_of_text)
             engine.submit(jobs)
         except QueueFullError as e:
             raise APIError(429, str(e), type="rate_limit_error",
@@ -131,13 +146,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         except ShuttingDownError as e:
             raise APIError(503, str(e), type="server_error",
                            headers={"Retry-After": "5"}) from None
-        except InputError as e:  # the checks above should have caught it
-            raise APIError(400, str(e)) from None
+        except InputError as e:  # what the engine can never run: too many sequences
+            raise APIError(400, str(e), param="prompt") from None
         watcher = asyncio.create_task(watch_disconnect(request, queue))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": model_name}
-        if body.stream:
-            return StreamingResponse(stream(body, prompts, jobs, queue, watcher, head, engine),
+        if parsed.stream:
+            return StreamingResponse(stream(parsed, prompts, jobs, queue, watcher, head, engine),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
@@ -147,20 +162,19 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             engine.cancel(jobs)  # a no-op for finished requests
         if outputs is None:  # the client went away: nobody reads an answer
             return Response(status_code=499)
-        return JSONResponse({**head, **complete(body, prompts, outputs)})
+        return JSONResponse({**head, **complete(parsed, prompts, outputs)})
 
     @app.post("/tokenize")
-    async def tokenize_text(request: Request) -> dict:
-        raw = await read_body(request, limits.max_body_bytes)
-        return await asyncio.to_thread(tokenize_body, raw, model_name, tokenizer,
-                                       engine.max_len)
+    async def tokenize(request: Request) -> dict:
+        async with body(request) as raw:
+            return await asyncio.to_thread(parser.tokenize, raw)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict:
-        raw = await read_body(request, limits.max_body_bytes)
-        return await asyncio.to_thread(detokenize_body, raw, model_name, tokenizer)
+        async with body(request) as raw:
+            return await asyncio.to_thread(parser.detokenize, raw)
 
-    @app.get("/tokenizer_info")
+    @app.api_route("/tokenizer_info", methods=["GET", "HEAD"])
     async def tokenizer_info() -> dict:
         return {"tokenizer_class": f"photon.Tokenizer({tokenizer.kind})",
                 "eos_token": eos_text(tokenizer), "bos_token": None, "pad_token": None,
@@ -223,7 +237,7 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
                 return
             i, output = item
             if output.error:
-                yield f"data: {json.dumps(engine_error(output.error).body())}\n\n"
+                yield event(engine_error(output.error).body())
                 break
             index = i * n + output.index
             completion += len(output.token_ids)
@@ -236,13 +250,13 @@ async def stream(body: CompletionRequest, prompts: list[list[int]], jobs: list[E
                                        shifts.get(index, 0))
             choice = {"index": index, "text": text, "finish_reason": output.finish_reason,
                       "logprobs": None if body.logprobs is None else logprobs_body(logprobs)}
-            yield f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
+            yield event({**head, "choices": [choice]})
         else:
             if body.stream_options and body.stream_options.include_usage:
                 prompt = sum(map(len, prompts))
                 usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                          "total_tokens": prompt + completion}
-                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+                yield event({**head, "choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
     finally:
         watcher.cancel()

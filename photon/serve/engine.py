@@ -46,10 +46,16 @@ from collections.abc import Iterable
 
 import torch
 
+from photon.device import GIB
 from photon.errors import InputError, PhotonError
 from photon.inference.modes import check_mode, mode_label
 from photon.inference.prompts import check_fits, check_prompt
-from photon.inference.workload import batch_for_budget
+from photon.inference.workload import (
+    SLOPE_BATCHES,
+    analytic_cache_bytes,
+    batch_for_budget,
+    weight_bytes,
+)
 from photon.model.lm import Model
 from photon.serve.metrics import Metrics
 from photon.serve.output import Echo, Output, RunningSequence, prompt_echo
@@ -66,8 +72,9 @@ class ShuttingDownError(PhotonError):
 
 
 def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
-                     ) -> tuple[int, float]:
-    """(slots, bytes per slot): how many sequences of `max_len` tokens the budget holds.
+                     ) -> tuple[int, float, bool]:
+    """(slots, bytes per slot, measured): how many sequences of `max_len` tokens the budget
+    holds.
 
     Per-slot memory is what `photon bench` measures: the slope of peak memory between two
     batch sizes, here for a decode-heavy workload whose caches hold `max_len` tokens (its
@@ -75,10 +82,22 @@ def slots_for_budget(model: Model, mode: str, max_len: int, budget_gib: float
     rule as the benchmark's (budget minus weights and the batch-independent intercept).
     Every slot is sized as if its request asked for logprobs: such a row keeps a step's
     logits (a meta-context's, for PHOTON) until they are read, and any row may.
+
+    The caches' analytic size, a lower bound of a sequence's memory, comes first: the
+    measuring runs only at batch sizes the budget holds by it (at most 8), and a budget that
+    holds fewer than two sequences by it is answered from it alone (`measured` False), so a
+    long context on a small budget costs no more memory than the budget to size.
     """
+    cache = max(analytic_cache_bytes(model, mode, max_len, next(model.parameters()).dtype), 1)
+    fits = int((budget_gib * GIB - weight_bytes(model)) // cache)
+    if fits < 2:
+        return max(fits, 0), float(cache), False
+    high = min(fits, SLOPE_BATCHES[1])
     prompt = min(16, max_len - 1)
-    return batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
-                            max_batch=1 << 20, keep_logits=True)
+    slots, per_slot = batch_for_budget(model, mode, prompt, max_len - prompt, budget_gib,
+                                       max_batch=1 << 20, batches=(max(1, high // 4), high),
+                                       keep_logits=True)
+    return slots, per_slot, True
 
 
 class Engine:
@@ -99,7 +118,7 @@ class Engine:
         self.eos_id = tokenizer.eos_id
         # One client call holds at most this many slots at once (fair admission).
         self.share_cap = max(1, int(max_share * slots))
-        self.scheduler = Scheduler(max_queue, prefill_tokens, self.share_cap, max_share)
+        self.scheduler = Scheduler(slots, max_queue, prefill_tokens, self.share_cap, max_share)
         self.runner = ModelRunner(model, mode, slots, max_len, seed)
         self.metrics = metrics or Metrics()
         self.metrics.slots.set(slots)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -19,13 +21,25 @@ def engine_error(message: str) -> APIError:
     return APIError(status, message, type="server_error")
 
 
+LEAST_LOGPROB = -9999.0  # what -inf is reported as (vLLM's value): JSON has no infinity
+
+
+def json_logprob(value: float | None) -> float | None:
+    """A log-probability JSON can hold: -inf (a probability that underflowed) as
+    LEAST_LOGPROB, NaN (logits that were not finite) as null, like a missing one."""
+    if value is None or math.isfinite(value):
+        return value
+    return LEAST_LOGPROB if value == -math.inf else None
+
+
 def logprobs_body(logprobs: list[TokenLogprob]) -> dict:
     """OpenAI's completion logprobs: tokens, their log-probabilities, the alternatives
     (when asked for), and where each token's text starts in the completion. An echoed
     prompt's first token has neither a log-probability nor alternatives (null)."""
-    top = [lp.top for lp in logprobs]
+    top = [None if lp.top is None else {t: json_logprob(v) for t, v in lp.top.items()}
+           for lp in logprobs]
     return {"tokens": [lp.token for lp in logprobs],
-            "token_logprobs": [lp.logprob for lp in logprobs],
+            "token_logprobs": [json_logprob(lp.logprob) for lp in logprobs],
             "top_logprobs": top if any(t is not None for t in top) else None,
             "text_offset": [lp.offset for lp in logprobs]}
 
@@ -42,6 +56,11 @@ def with_echo(echo: Echo | None, text: str, logprobs: list[TokenLogprob] | None,
     if echo is None:
         return text, logprobs
     return echo.text + text, [*echo.logprobs, *(logprobs or [])]
+
+
+def event(data: dict) -> str:
+    """One server-sent event holding `data` as JSON (strict: never NaN or Infinity)."""
+    return f"data: {json.dumps(data, allow_nan=False)}\n\n"
 
 
 def mean_logprob(output: Output) -> float:

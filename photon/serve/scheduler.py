@@ -13,7 +13,8 @@ the rest of that call waits while later calls go ahead, so a small request behin
 (a burst of scoring prompts included) starts at the next step. A request waiting for free
 slots keeps its place before every later request that needs slots, but requests that need
 none (scoring only) go past it: they do not take the slots it waits for. The queue holds at
-most `max_queue` sequences beyond those the free slots will take.
+most `max_queue` sequences that need a slot beyond those the free slots will take; requests
+that need more than the slots and the queue hold together are refused as never fitting.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
 
-from photon.errors import PhotonError
+from photon.errors import InputError, PhotonError
 from photon.serve.request import Request
 
 
@@ -66,9 +67,9 @@ def own_cost(request: Request) -> int:
 class Scheduler:
     """The waiting requests and the rule that admits them."""
 
-    def __init__(self, max_queue: int, prefill_tokens: int, share_cap: int,
+    def __init__(self, slots: int, max_queue: int, prefill_tokens: int, share_cap: int,
                  share: float = 1.0) -> None:
-        self.max_queue, self.prefill_tokens = max_queue, prefill_tokens
+        self.slots, self.max_queue, self.prefill_tokens = slots, max_queue, prefill_tokens
         self.share_cap = share_cap
         # Prefill tokens one call may take in a step while other calls wait.
         self.share_tokens = max(1, int(share * prefill_tokens))
@@ -78,10 +79,17 @@ class Scheduler:
         return len(self.waiting)
 
     def add(self, requests: list[Request], free_slots: int) -> None:
-        """Queue requests, all or none. The sequences that the free slots will take at the
-        next step boundary do not count against the queue's limit."""
-        waiting = sum(r.n for r in self.waiting)
-        if waiting + sum(r.n for r in requests) - free_slots > self.max_queue:
+        """Queue requests, all or none. Only sequences that need a slot count against the
+        queue's limit, less those the free slots will take at the next step boundary:
+        `QueueFullError` (retry later) when they do not fit now, `InputError` when they
+        need more than the slots and the queue hold together (a retry cannot help)."""
+        need = sum(r.slots for r in requests)
+        if need > self.slots + self.max_queue:
+            raise InputError(f"{need} sequences need a slot, more than this server's "
+                             f"{self.slots} slots and queue of {self.max_queue} can ever "
+                             "hold at once: send fewer prompts or completions per request")
+        waiting = sum(r.slots for r in self.waiting)
+        if waiting + need - free_slots > self.max_queue:
             raise QueueFullError(f"the queue is full ({waiting} sequences wait, "
                                  f"{free_slots} slots free, at most {self.max_queue} may "
                                  f"wait for a slot)")

@@ -4,9 +4,13 @@ OpenAI-style 400 error."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainValidator
+from pydantic_core import PydanticCustomError
+
+from photon.errors import InputError
+from photon.inference.sampling import check_sampling
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_LOGPROBS = 5  # OpenAI's limit on alternatives per position
@@ -36,6 +40,26 @@ def is_unicode(text: str) -> bool:
     return True
 
 
+def prompt_shape(value: object) -> str | list:
+    """A prompt as OpenAI's schema allows it: a string, a list of strings, a list of token
+    ids or a list of lists of token ids. Checked in one pass here because pydantic's union of
+    those four builds an error per element for every member that fails: seconds, with the
+    GIL held, for the few million token ids an 8 MiB body holds."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        kinds = set(map(type, value))  # `type`, not isinstance: a bool is not a token id
+        if kinds <= {int} or kinds == {str} or kinds == {list} and all(
+                type(t) is int for p in value for t in p):
+            return value
+    raise PydanticCustomError("prompt", "expected a string, a list of strings, a list of "
+                                        "token ids or a list of lists of token ids")
+
+
+Prompt = Annotated[str | list, PlainValidator(
+    prompt_shape, json_schema_input_type=str | list[str] | list[int] | list[list[int]])]
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -47,7 +71,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     max_tokens: int | None = 16
     temperature: float | None = 1.0
     top_p: float | None = 1.0
@@ -89,6 +113,10 @@ class CompletionRequest(BaseModel):
             raise bad("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k != -1 and self.top_k < 1:
             raise bad("top_k", f"top_k must be >= 1 (or -1 for no limit), got {self.top_k}")
+        try:  # the range generate takes: one home for it
+            check_sampling(seed=self.seed)
+        except InputError as e:
+            raise bad("seed", str(e)) from None
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise bad("logprobs", f"logprobs must be in [0, {MAX_LOGPROBS}], got "
                                   f"{self.logprobs}")

@@ -255,8 +255,9 @@ def add_parser(verbs) -> None:
                    help="largest request body in MiB; a larger one is answered 413 before "
                         "it is read")
     p.add_argument("--max-bodies-mb", type=mebibytes(1024), default=64.0,
-                   help="MiB of request bodies held at once, while they are received, parsed "
-                        "and tokenized; a body beyond is answered 503 with Retry-After")
+                   help="MiB of request bodies held at once beyond the first 64 KiB of "
+                        "each, while they are received, parsed and tokenized; a body beyond is "
+                        "answered 503 with Retry-After")
     p.add_argument("--prefill-tokens", type=positive_int, default=8192,
                    help="prompt tokens prefilled or scored (echo) together at one step "
                         "boundary (the first waiting request always joins)")

@@ -6,7 +6,7 @@ import torch
 
 import photon
 from photon.inference.decoders import DecodeOptions, attention_kernels
-from tests.conftest import make
+from tests.models import make
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from photon.evaluation.perplexity import evaluate_tokens, windows
 from photon.inference import workload
 from photon.inference.modes import modes_of
 from photon.model.attention import KERNELS
-from tests.conftest import make
+from tests.models import make
 
 
 @pytest.mark.parametrize("n, window, stride", [(10, 4, 2), (10, 4, 3), (100, 16, 5), (3, 8, 4)])

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from photon.inference.decoders import make_decoder
 from photon.model.flops import decode_flops_per_token
-from tests.conftest import make
+from tests.models import make
 
 
 @pytest.mark.parametrize("kind, mode", [

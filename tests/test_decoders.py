@@ -10,7 +10,7 @@ from photon.inference.decoders import FlatDecoder, PhotonDecoder
 from photon.inference.generate import generate
 from photon.inference.workload import analytic_cache_bytes
 from photon.model.layers import LocalKVCache
-from tests.conftest import make
+from tests.models import make
 
 PROMPTS = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9]]
 

@@ -19,7 +19,7 @@ from photon.evaluation.perplexity import evaluate_tokens
 from photon.evaluation.positions import bucket_starts, evaluate_positions, text_documents
 from photon.model.config import TransformerConfig
 from photon.model.lm import ModelOutput
-from tests.conftest import make
+from tests.models import make
 
 EOS, VOCAB, PERIOD = 0, 64, 8
 HOLD_OUT_TWO = Split(documents=2)  # six documents: the default 5 % would hold out none

@@ -10,7 +10,7 @@ from photon.inference.decoders import (
 )
 from photon.inference.generate import generate
 from photon.inference.scoring import sequential_logits
-from tests.conftest import make
+from tests.models import make
 
 HIERARCHICAL = ["photon-B", "photon-A", "photon-L3", "photon-L3-A", "photon-TF", "photon-L3-TF",
                 "photon-W1-TF", "photon-W1", "photon-L3-W2"]

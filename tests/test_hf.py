@@ -23,7 +23,7 @@ import photon.integrations.hf as hf  # noqa: E402
 from photon.checkpoint import save_checkpoint  # noqa: E402
 from photon.cli import main as cli_main  # noqa: E402
 from photon.data.tokenizer import Tokenizer  # noqa: E402
-from tests.conftest import make  # noqa: E402
+from tests.models import make  # noqa: E402
 
 KINDS = ["vanilla", "block", "photon-B", "photon-A", "photon-L3"]
 TEXT = "ROMEO.\nBut soft, what light through yonder window breaks? — ünïcode\n"

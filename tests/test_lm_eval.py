@@ -37,7 +37,7 @@ from photon.integrations.tasks import (  # noqa: E402
     ppl_documents,
     write_tasks,
 )
-from tests.conftest import make  # noqa: E402
+from tests.models import make  # noqa: E402
 
 ACCURACY_ITEMS = 48  # items of the random-vs-trained accuracy test
 

@@ -8,7 +8,7 @@ import torch
 import photon
 from photon.cli import main as cli_main
 from photon.model.config import ConfigError, PhotonConfig, config_from_dict
-from tests.conftest import MODELS, make
+from tests.models import MODELS, make
 
 PAPER_COUNTS = {
     "photon-600m": 646_399_104,

@@ -15,7 +15,7 @@ from photon.evaluation.recall import (
     recall_scores,
     value_scores,
 )
-from tests.conftest import make
+from tests.models import make
 
 TASK = MQAR(pairs=(4, 8), vocab=64)
 

@@ -26,7 +26,7 @@ from photon.serve.engine import Engine
 from photon.serve.request import Request
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import Scheduler
-from tests.conftest import make
+from tests.models import make
 from tests.serving import serve
 
 KEY = "k"

@@ -15,7 +15,7 @@ from photon.serve.request import Request
 from photon.serve.sampling import BatchSampler, SamplingParams
 from photon.serve.scheduler import QueueFullError
 from photon.serve.text import TextStream
-from tests.conftest import make
+from tests.models import make
 from tests.serving import sequences, serve
 
 KINDS = [("vanilla", "hiergen"), ("block", "hiergen"), ("photon-B", "hiergen"),

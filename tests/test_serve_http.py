@@ -19,7 +19,7 @@ from photon.data.tokenizer import Tokenizer
 from photon.serve.engine import Engine
 from photon.serve.loadtest import ServerProcess, run_load
 from photon.serve.request import Request as EngineRequest
-from tests.conftest import make
+from tests.models import make
 
 KEY = "test-key"
 TOK = Tokenizer.bytes()

@@ -15,7 +15,7 @@ from photon.data.tokenizer import Tokenizer
 from photon.serve.api import Limits, create_app
 from photon.serve.body import SMALL_BODY
 from photon.serve.engine import Engine
-from tests.conftest import make
+from tests.models import make
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -34,7 +34,7 @@ from photon.integrations.tasks import (  # noqa: E402
     write_tasks,
 )
 from photon.serve.loadtest import ServerProcess  # noqa: E402
-from tests.conftest import make  # noqa: E402
+from tests.models import make  # noqa: E402
 
 KEY = "lm-eval-key"
 CONTEXT = 1024  # the checkpoints' training context: no item of the tasks is cut

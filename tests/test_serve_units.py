@@ -14,7 +14,7 @@ from photon.serve.responses import LEAST_LOGPROB, logprobs_body
 from photon.serve.runner import ModelRunner
 from photon.serve.sampling import SamplingParams
 from photon.serve.scheduler import QueueFullError, Scheduler
-from tests.conftest import make
+from tests.models import make
 
 
 def test_scheduler_admits_in_order_within_slots_and_prefill_budget():

@@ -13,7 +13,7 @@ from photon.inference.generate import generate
 from photon.inference.workload import analytic_cache_bytes, memory_profile, run_workload
 from photon.model.config import get_preset
 from photon.model.flops import decode_flops_per_token, training_flops_per_token
-from tests.conftest import make
+from tests.models import make
 
 W = 8  # the window of the "vanilla-swa" test model
 

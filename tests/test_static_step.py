@@ -15,7 +15,7 @@ from photon.errors import CacheFullError, ConfigError
 from photon.inference.decoders import DecodeOptions, compile_for_decoding, make_decoder
 from photon.inference.generate import generate
 from photon.inference.sampling import make_sampler
-from tests.conftest import make
+from tests.models import make
 
 PROMPTS = [[3, 1, 4], [1] * 16, list(range(40, 77)), [9]]
 CASES = [("vanilla", "hiergen"), ("photon-B", "hiergen"), ("photon-B", "recgen"),

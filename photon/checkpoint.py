@@ -4,7 +4,13 @@ A checkpoint folder `step-000100/` holds `config.json` (exactly `model.config.to
 `model.safetensors`, the tokenizer files, `trainer_state.json` (step, tokens, training
 arguments: readable by people) and `training_state.pt` (optimizer, RNG and data position:
 what `photon train --resume` needs). It is written into a hidden temporary folder and renamed
-into place, so a reader sees a whole checkpoint or none, even if the writer is killed.
+into place, so a reader sees a whole checkpoint or none, even if the writer is killed; a
+`step-N` folder that lacks a file anyway (a file system whose rename is not atomic, a user)
+is skipped with a warning.
+
+`load_model` builds nothing before it has checked config.json (read with bounds) against
+the names and shapes in the safetensors header, and the model's size against the memory
+available.
 """
 
 from __future__ import annotations
@@ -14,24 +20,33 @@ import math
 import os
 import re
 import shutil
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from photon.data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 from photon.data.tokenizer import Tokenizer
-from photon.device import resolve_device
+from photon.device import available_memory, resolve_device
 from photon.errors import CheckpointError, PhotonError
-from photon.model.config import config_from_dict
+from photon.model.config import ModelConfig, config_from_dict
 from photon.model.lm import Model, build_model
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer_state.json"
 STATE_FILE = "training_state.pt"
+MIB = 1 << 20
+CONFIG_LIMIT = 1 << 20  # bytes; a model's config.json is well under a kilobyte
 STEP_DIR = re.compile(r"step-(\d+)")
+CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG)  # what every checkpoint holds
+RESUME_FILES = (TRAINER_FILE, STATE_FILE)  # what a checkpoint a run resumes from holds too
 # What writing a checkpoint raises on a full disk or an unwritable folder: the OS's error,
 # torch.save's RuntimeError ("PytorchStreamWriter failed writing file ..."), safetensors' own
 # error, and a TokenizerError from the tokenizer's files (a PhotonError).
@@ -116,14 +131,26 @@ def _write_error(error: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The complete `step-N` checkpoints of a run folder, oldest first."""
-    run_dir = Path(run_dir)
+def _step_dirs(run_dir: Path) -> list[Path]:
+    """The `step-N` folders of a run folder, complete or not, oldest first."""
     if not run_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in run_dir.iterdir()
              if (m := STEP_DIR.fullmatch(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def _missing(ckpt: Path, resumable: bool = False) -> list[str]:
+    """The files a checkpoint lacks (those a resume needs too, with `resumable`)."""
+    needed = CHECKPOINT_FILES + (RESUME_FILES if resumable else ())
+    return [name for name in needed if not (ckpt / name).is_file()]
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete `step-N` checkpoints of a run folder, oldest first: a `step-N` folder
+    that lacks one of `CHECKPOINT_FILES` (emptied, or cut short on a file system whose
+    rename is not atomic) is no checkpoint."""
+    return [p for p in _step_dirs(Path(run_dir)) if not _missing(p)]
 
 
 def write_run_config(run_dir: str | Path, model: Model) -> None:
@@ -139,12 +166,25 @@ def write_run_config(run_dir: str | Path, model: Model) -> None:
                               f"{_write_error(e)}") from None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The latest checkpoint of a run folder, else `path` itself (a checkpoint folder)."""
+def resolve_checkpoint(path: str | Path, resumable: bool = False) -> Path:
+    """The latest complete checkpoint of a run folder (one a run resumes from, with
+    `resumable`), else `path` itself (a checkpoint folder). Newer `step-N` folders that are
+    incomplete are skipped with a one-line warning on stderr."""
     path = Path(path)
-    checkpoints = list_checkpoints(path)
-    if checkpoints:
-        return checkpoints[-1]
+    steps = _step_dirs(path)
+    skipped = []
+    for ckpt in reversed(steps):
+        missing = _missing(ckpt, resumable)
+        if not missing:
+            if skipped:
+                print(f"photon: warning: skipping {len(skipped)} incomplete checkpoint(s) of "
+                      f"{path} ({skipped[0][0].name} has no {skipped[0][1]}); using "
+                      f"{ckpt.name}", file=sys.stderr, flush=True)
+            return ckpt
+        skipped.append((ckpt, missing[0]))
+    if skipped:
+        raise CheckpointError(f"{path}: none of its {len(steps)} step-N folders is a complete "
+                              f"checkpoint ({skipped[0][0].name} has no {skipped[0][1]})")
     if (path / CONFIG_FILE).is_file():
         return path
     if not path.exists():
@@ -158,11 +198,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
     folder or a run folder (then its latest checkpoint)."""
     device = resolve_device(device)
     ckpt = resolve_checkpoint(path)
-    try:
-        config = config_from_dict(json.loads((ckpt / CONFIG_FILE).read_text()))
-    except (OSError, ValueError, TypeError) as e:  # ValueError covers bad JSON and ConfigError
-        raise CheckpointError(f"{ckpt / CONFIG_FILE}: unreadable model config: {e}") from None
-    _check_tensors(ckpt, config)  # before anything is allocated
+    config = _read_config(ckpt)
+    _check_tensors(ckpt, config, device)  # before anything is allocated
     model = build_model(config)
     try:
         tensors = load_file(str(ckpt / MODEL_FILE))
@@ -184,34 +221,96 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Mo
     return model.to(device).eval(), tokenizer
 
 
-def _check_tensors(ckpt: Path, config) -> None:
-    """That `config` describes the tensors `model.safetensors` holds (their number of
-    values, names and shapes), read from the file's header and a model on the meta device:
-    a config.json asking for a huge model fails here, before the model is built."""
+def _read_config(ckpt: Path) -> ModelConfig:
+    """The model config of a checkpoint, read with bounds: a file over `CONFIG_LIMIT`, JSON
+    nested past the parser's depth or numbers out of range are one-line errors."""
+    path = ckpt / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_LIMIT + 1)
+        if len(data) > CONFIG_LIMIT:
+            raise ValueError(f"over {CONFIG_LIMIT:,} bytes, no model config")
+        return config_from_dict(json.loads(data))
+    except RecursionError:
+        problem = "nested too deeply to be a model config"
+    except (OSError, ValueError, TypeError, OverflowError) as e:  # ConfigError is a ValueError
+        problem = " ".join(str(e).split())[:300]
+    raise CheckpointError(f"{path}: unreadable model config: {problem}")
+
+
+def _check_tensors(ckpt: Path, config: ModelConfig, device: torch.device) -> None:
+    """That `config` describes the tensors `model.safetensors` holds (names and shapes, read
+    from the file's header) and that the model fits in memory: all before anything is
+    allocated. The model is built on the meta device, where a tensor costs nothing but each
+    module costs time and memory, so that build stops once it has asked for twice the
+    tensors the file holds (a tied weight is made, then replaced): a config of a million
+    layers costs no more than the file."""
     try:
         with safe_open(str(ckpt / MODEL_FILE), framework="pt") as f:
             stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises its own error type for a damaged file
         raise CheckpointError(f"{ckpt / MODEL_FILE} is missing, corrupt or truncated: "
                               f"{e}") from None
-    meta = build_model(config, device="meta")
+    n_file = sum(math.prod(shape) for shape in stored.values())
+    mismatch = f"{ckpt / CONFIG_FILE} does not belong to {ckpt / MODEL_FILE}, which holds " \
+               f"{len(stored):,} tensors of {n_file:,} parameters in all"
+    try:
+        meta = _meta_model(config, 2 * len(stored) + 16)
+    except _Oversized:
+        raise CheckpointError(f"{mismatch}: the config describes many more") from None
+    except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # e.g. a size past int64
+        raise CheckpointError(f"{ckpt / CONFIG_FILE} describes a model that cannot be built: "
+                              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()
                 if k not in _tied(meta)}
-    n_config, n_file = (sum(math.prod(shape) for shape in shapes.values())
-                        for shapes in (expected, stored))
-    if n_config != n_file:
-        raise CheckpointError(f"{ckpt / CONFIG_FILE} describes a model of {n_config:,} "
-                              f"parameters but {ckpt / MODEL_FILE} holds {n_file:,}: the "
-                              "config does not belong to these weights")
-    if set(stored) != set(expected):
-        odd = sorted(set(stored) ^ set(expected))
-        raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
-                              f"{len(odd)} tensor name(s) differ, e.g. {odd[0]!r}")
-    for name, shape in expected.items():
-        if stored[name] != shape:
-            raise CheckpointError(f"{ckpt / MODEL_FILE} does not match {CONFIG_FILE}: "
-                                  f"{name} is {list(stored[name])} in the file, "
-                                  f"{list(shape)} in the config")
+    n_config = sum(math.prod(shape) for shape in expected.values())
+    for name in [*expected, *stored]:
+        if expected.get(name) != stored.get(name):
+            where = {"the config": expected.get(name), "the file": stored.get(name)}
+            shapes = ", ".join(f"not in {side}" if shape is None else f"{list(shape)} in {side}"
+                               for side, shape in where.items())
+            raise CheckpointError(f"{mismatch}; the config describes {n_config:,} "
+                                  f"parameters: the first tensor that differs is {name} "
+                                  f"({shapes})")
+    _check_memory(ckpt, meta, device)
+
+
+class _Oversized(Exception):
+    """A model being built asked for more tensors than its checkpoint holds."""
+
+
+def _meta_model(config: ModelConfig, tensors: int) -> Model:
+    """`config`'s model on the meta device, its build stopped (`_Oversized`) at the first
+    parameter past `tensors` distinct ones."""
+    seen: set[int] = set()
+    builder = threading.get_ident()
+
+    def on_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is None or threading.get_ident() != builder:
+            return  # another thread's modules
+        seen.add(id(param))  # a weight tied to one seen before is not counted again
+        if len(seen) > tensors:
+            raise _Oversized
+
+    hook = register_module_parameter_registration_hook(on_parameter)
+    try:
+        return build_model(config, device="meta")
+    finally:
+        hook.remove()
+
+
+def _check_memory(ckpt: Path, meta: Model, device: torch.device) -> None:
+    """That the model (built in float32 on the CPU, then moved to `device`) and the file's
+    tensors (read before they are copied into it) fit in the memory available now."""
+    model = sum(t.numel() * t.element_size() for t in [*meta.parameters(), *meta.buffers()])
+    needs = {torch.device("cpu"): model + (ckpt / MODEL_FILE).stat().st_size}
+    if device.type != "cpu":
+        needs[device] = model
+    for where, need in needs.items():
+        free = available_memory(where)
+        if need > free:
+            raise CheckpointError(f"{ckpt}: loading it needs {need / MIB:,.0f} MiB of memory "
+                                  f"on {where} and {free / MIB:,.0f} MiB is available")
 
 
 def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -122,7 +122,7 @@ class _Run:
         output folder, made ready; returns what the checkpoint to resume holds, or None."""
         restored = None
         if resume is not None:
-            ckpt = ckpt_io.resolve_checkpoint(resume)
+            ckpt = ckpt_io.resolve_checkpoint(resume, resumable=True)
             info, state = ckpt_io.load_training_state(ckpt)
             self.args = merge_args(given, info["args"])
             self.out = Path(self.args.out) if given.get("out") else ckpt.parent

@@ -44,6 +44,14 @@ def one_line_error(capsys, verb: str, *needles: str) -> str:
     return last
 
 
+def exit_code(argv: list[str]) -> int:
+    """`main(argv)`'s exit status, argparse's (a flag refused as it is parsed) included."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Tokenized corpora go to this test's own cache."""
@@ -75,7 +83,7 @@ def text(tmp_path) -> Path:
 @pytest.mark.parametrize("flag", ["--batch-size", "--window", "--stride", "--max-bytes"])
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_eval_sizes_must_be_positive(run_dir, text, capsys, flag, value):
-    assert main(["eval", str(run_dir), "--data", str(text), flag, value]) == 2
+    assert exit_code(["eval", str(run_dir), "--data", str(text), flag, value]) == 2
     one_line_error(capsys, "eval", flag, "positive", value)
 
 
@@ -330,73 +338,145 @@ def test_generate_in_bf16(run_dir, capsys, monkeypatch):
     (["--sweep", "0,512"], "--sweep"),
 ])
 def test_bench_settings_are_checked_before_any_model(capsys, args, needle):
-    assert main(["bench", "--quick", "--models", "no-such-preset", *args]) == 2
+    assert exit_code(["bench", "--quick", "--models", "no-such-preset", *args]) == 2
     one_line_error(capsys, "bench", needle)
 
 
-# --- 7. every flag of serve and generate that takes a value is checked as it is parsed
+# --- 7. every flag of every verb that takes a value is checked as it is parsed
 
 HOSTILE = ["nan", "inf", "-inf", "1e400", "-5", "-1", "0", "1e-9", str(2**70), "abc", "",
-           "0.5", "3", "1e3", "65536"]
+           "0.5", "3", "1e3", "65536", "0.3,0.6", "0.6,0.3", "off"]
+# Each verb's command line before the flag under test (its positional arguments).
+COMMANDS = {"serve": ["serve", "ckpt"], "generate": ["generate", "ckpt"], "train": ["train"],
+            "data prepare": ["data", "prepare", "src", "--out", "dir"],
+            "data corpus": ["data", "corpus"], "eval": ["eval", "ckpt"],
+            "probe": ["probe", "ckpt"], "bench": ["bench"], "info": ["info", "photon-tiny"]}
 
 
-def typed_flags(verb: str) -> list[tuple[str, str, object]]:
-    """(flag, destination, type) of every option of `verb` that converts its value."""
-    verbs = next(a for a in build_parser()._actions
-                 if isinstance(a, argparse._SubParsersAction))
-    return [(a.option_strings[-1], a.dest, a.type) for a in verbs.choices[verb]._actions
+def typed_flags(command: str) -> list[tuple[str, str, object]]:
+    """(flag, destination, type) of every option of `command` ("train", "data prepare")
+    that converts its value."""
+    parser = build_parser()
+    for word in command.split():
+        verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = verbs.choices[word]
+    return [(a.option_strings[-1], a.dest, a.type) for a in parser._actions
             if a.option_strings and a.type is not None]
 
 
-@pytest.mark.parametrize("verb", ["serve", "generate"])
-def test_every_flag_of_serve_and_generate_is_checked_as_it_is_parsed(verb, capsys):
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_flag_of_every_verb_is_checked_as_it_is_parsed(command, capsys):
     """Each typed flag takes its type from photon.cli.flags (one place), and each hostile
     value is either refused by argparse in one line naming the flag, or parsed into a finite
-    number >= 0 (or non-empty text)."""
-    flags = typed_flags(verb)
-    assert len(flags) >= 7 and all(t.__module__ == "photon.cli.flags" for _, _, t in flags)
+    number >= 0, non-empty text, or fractions in [0, 1] (--curriculum)."""
+    flags = typed_flags(command)
+    assert all(t.__module__ == "photon.cli.flags" for _, _, t in flags), flags
+    assert len(flags) >= {"data corpus": 0, "info": 1, "probe": 3}.get(command, 4), flags
     for flag, dest, _ in flags:
         for value in HOSTILE:
             try:
-                parsed = getattr(build_parser().parse_args([verb, "ckpt", flag, value]), dest)
+                parsed = getattr(build_parser().parse_args([*COMMANDS[command], flag, value]),
+                                 dest)
             except SystemExit as e:
                 err = capsys.readouterr().err
                 assert e.code == 2 and "Traceback" not in err, err
-                assert err.splitlines()[-1].startswith(f"photon {verb}: error: argument "
+                assert err.splitlines()[-1].startswith(f"photon {command}: error: argument "
                                                        f"{flag}: "), err
                 continue
-            if isinstance(parsed, list):  # --stop appends
+            if flag == "--stop":  # appends text
                 assert parsed == [value] and value, (flag, value)
+            elif flag == "--curriculum":
+                assert parsed in ([], [0.3, 0.6]), (flag, value, parsed)
             else:
                 assert type(parsed) in (int, float) and math.isfinite(parsed) and parsed >= 0, \
                     (flag, value, parsed)
 
 
-def test_seeded_flag_combinations_run_or_fail_in_one_line(run_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("argv", [
+    ["--batch-size", "0"], ["--batch-size", "-1"], ["--save-every", "0"], ["--eval-every", "0"],
+    ["--log-every", "0"], ["--lr", "-1"], ["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"],
+    ["--grad-clip", "nan"], ["--grad-clip", "-1"], ["--max-steps", "0"], ["--seq-len", "0"],
+    ["--weight-decay", "nan"], ["--curriculum", "0.6,0.3"], ["--seed", "-1"],
+    ["--seed", str(2**64)]], ids=" ".join)
+def test_train_refuses_nonsense_flags_before_it_starts(argv, text, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert exit_code(["train", *TINY, "--data", str(text), "--out", str(out), *argv]) == 2
+    one_line_error(capsys, "train", f"argument {argv[0]}: ", repr(argv[1]))
+    assert not out.exists()
+
+
+def _bench_without_measuring(monkeypatch) -> None:
+    """photon bench runs its set-up on the flags (checks, budget, batch, workloads) but
+    measures no model."""
+    import photon.bench.plots as plots
+    import photon.cli.bench as bench_cli
+
+    monkeypatch.setattr(bench_cli, "load_models", lambda *args: [])
+    monkeypatch.setattr(plots, "plot_rows", lambda *args: None)
+    monkeypatch.setattr(plots, "plot_sweep", lambda *args: None)
+
+
+def _short_runs(monkeypatch) -> None:
+    """photon train stops after its second step, whatever its budget flags say."""
+    from photon.training.train import _Run
+
+    out_of_time = _Run.out_of_time
+    monkeypatch.setattr(_Run, "out_of_time", lambda run: run.step >= 2 or out_of_time(run))
+
+
+def _accepts(kind, value: str) -> bool:
+    try:
+        kind(value)
+    except argparse.ArgumentTypeError:
+        return False
+    return True
+
+
+def test_seeded_flag_combinations_run_or_fail_in_one_line(run_dir, text, tmp_path, capsys,
+                                                          monkeypatch):
     """Seeded random values for three typed flags at a time, most of them plausible, each
-    command run (serve stops before it listens): it exits 0, or with argparse's or photon's
-    one error line; never a traceback."""
+    command run on tiny inputs (serve stops before it listens, bench measures nothing,
+    training stops after two steps): it exits 0, or with argparse's or photon's one error
+    line; never a traceback."""
     import photon.cli.serve as serve_cli
 
     monkeypatch.setattr(serve_cli, "serve_forever", lambda *args: None)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's
+    _bench_without_measuring(monkeypatch)
+    _short_runs(monkeypatch)
     rng = random.Random(14)
-    plausible, hostile = ["0.5", "1", "2", "3", "8"], ["nan", "-1", "0", "1e-9", str(2**70),
-                                                       "1e400", "abc"]
-    codes = []
-    for verb in ("serve", "generate"):
-        flags = [flag for flag, _, _ in typed_flags(verb) if flag != "--port"]
-        for _ in range(12):
-            argv = [verb, str(run_dir), *(["--prompt", "hi"] if verb == "generate" else [])]
-            for flag in rng.sample(flags, 3):
-                argv += [flag, rng.choice(plausible if rng.random() < 0.8 else hostile)]
-            try:
-                code = main(argv)
-            except SystemExit as e:
-                code = e.code
+    plausible, hostile = ["0.5", "1", "2", "3", "8", "64", "300", "0.3,0.6"], \
+        ["nan", "-1", "0", "1e-9", str(2**70), "1e400", "abc", "1,0"]
+    ckpt, data, records = str(run_dir), str(text), tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"text": line}) + "\n"
+                               for line in text.read_text().splitlines()))
+    commands = {
+        "serve": ["serve", ckpt], "generate": ["generate", ckpt, "--prompt", "hi"],
+        "train": ["train", *TINY, "--data", data, "--max-steps", "2"],
+        "data prepare": ["data", "prepare", str(records), "--tokenizer", "bytes"],
+        "eval": ["eval", ckpt, "--data", data, "--max-bytes", "2000"],
+        "probe": ["probe", ckpt, "--data", data, "--windows", "2", "--no-recgen"],
+        "bench": ["bench", "--quick", "--models", "photon-tiny", "--out", str(tmp_path)],
+        "info": ["info", "photon-tiny"]}
+    codes = {}
+    for i, (command, base) in enumerate(commands.items()):
+        verb = command.split()[0]
+        flags = {flag: [v for v in plausible if _accepts(kind, v)]
+                 for flag, _, kind in typed_flags(command) if flag != "--port"}
+        for j in range(12 if verb in ("serve", "generate") else 8):
+            argv = [*base, *(["--out", str(tmp_path / f"{i}-{j}")] if verb in ("train", "data")
+                             else [])]
+            for flag in rng.sample(list(flags), min(3, len(flags))):
+                argv += [flag, rng.choice(flags[flag] if rng.random() < 0.8 else hostile)]
+            code = exit_code(argv)
             out = capsys.readouterr()
             assert code in (0, 2) and "Traceback" not in out.err, (argv, out.err)
             if code == 2:
-                assert out.err.splitlines()[-1].startswith(f"photon {verb}: error: "), argv
-            codes.append(code)
-    assert codes.count(0) >= 3 and codes.count(2) >= 3, codes
+                last = out.err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+                # photon's errors name the verb, argparse's the subcommand too
+                assert last.startswith((f"photon {verb}: error: ",
+                                        f"photon {command}: error: ")), (argv, out.err)
+            codes.setdefault(verb, []).append(code)
+    for verb, results in codes.items():
+        assert 0 in results, (verb, results)
+    assert sum(c == 2 for results in codes.values() for c in results) >= 6, codes

@@ -6,8 +6,10 @@ the shared cache (once per machine).
 """
 
 import json
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import photon
-from photon.checkpoint import save_checkpoint
+from photon.checkpoint import list_checkpoints, save_checkpoint
 from photon.cli import main as cli_main
 from photon.data.corpus import resolve_corpus, split_documents, validation_text
 from photon.data.prepare import packed_dir
@@ -300,3 +302,89 @@ def test_trains_on_the_recall_task_through_its_loss_mask_and_resumes_exactly(tmp
         assert torch.equal(tensor, weights(resumed / "step-000004")[name]), name
     assert run_cli(*common, "--tokenizer", "bytes", "--out", tmp_path / "bad") == 2
     assert "brings its own vocabulary" in capsys.readouterr().err
+
+
+# --- a run must never be lost or silently wrong (issue 31)
+
+
+def _finite_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows, each number in them finite (json reads NaN and Infinity)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+    return rows
+
+
+def _inf_weight_after_step(n: int):
+    """An AdamW step that leaves a weight infinite at step `n` (a finite gradient past the
+    float range: what a huge learning rate can do)."""
+    real = torch.optim.AdamW.step
+    steps = []
+
+    def step(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == n:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = math.inf
+        return result
+
+    return step
+
+
+@pytest.mark.parametrize("how", ["gradient", "weights"])
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(env, tmp_path, capsys,
+                                                                    monkeypatch, how):
+    """A step whose gradient is not finite (--lr 1e30), or that leaves a weight infinite,
+    stops the run with one error line and exit status 2; nothing of that step is saved, so
+    the latest checkpoint is the last finite one, and every metrics row is finite."""
+    out = tmp_path / "run"
+    if how == "weights":
+        monkeypatch.setattr(torch.optim.AdamW, "step", _inf_weight_after_step(2))
+    lr = ["--lr", "1e30"] if how == "gradient" else []
+    assert run_cli(*TINY, "--data", env["corpus"], "--max-steps", "6", "--save-every", "1",
+                   "--eval-every", "1", "--out", out, *lr) == 2
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last.startswith("photon train: error: step 2: ") and "diverged" in last, err
+    assert "step-000001" in last and "Traceback" not in err
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    photon.load_model(out)  # refuses weights that are not finite
+    assert max(row["step"] for row in _finite_rows(out / "metrics.jsonl")) <= 2
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(env, tmp_path, capsys,
+                                                                       monkeypatch):
+    """While a run trains into --out, another `photon train` into the same folder (a new
+    run before the first checkpoint, a --resume after it) is refused in one line naming the
+    first's process and host; the first finishes alone (its metrics rows are its own)."""
+    from photon.training.train import _Run
+
+    out = tmp_path / "run"
+    common = [*TINY, "--data", env["corpus"], "--max-steps", "2", "--save-every", "1"]
+    others = []
+
+    def then(method, argv):
+        """`method` of the run, then (once: on old code the other run gets here too) a
+        second photon train with `argv`."""
+        def run_then_start_another(run, *args):
+            result = method(run, *args)
+            if len(others) < 2 and argv not in [a for a, _, _ in others]:
+                others.append((argv, None, None))
+                capsys.readouterr()  # the first run's output so far
+                others[-1] = (argv, run_cli(*argv), capsys.readouterr().err)
+            return result
+        return run_then_start_another
+
+    monkeypatch.setattr(_Run, "announce", then(_Run.announce, [*common, "--out", out]))
+    monkeypatch.setattr(_Run, "save", then(_Run.save, ["--resume", out]))
+    assert run_cli(*common, "--out", out) == 0
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    assert len(others) == 2, others
+    for argv, code, err in others:
+        assert code == 2 and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"photon train: error: another photon train is writing {out} "
+                              f"({holder} holds"), (argv, err)
+    assert [row["step"] for row in _finite_rows(out / "metrics.jsonl")] == [1, 2, 2]
+    monkeypatch.undo()
+    assert run_cli("--resume", out, "--max-steps", "3") == 0  # released when the run ended

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import asdict
 
+from photon.cli.flags import positive_float, positive_int
 from photon.device import DTYPE_HELP, DTYPES
 from photon.errors import InputError
 from photon.inference.modes import MODES
@@ -31,12 +32,6 @@ def _check(args: argparse.Namespace) -> tuple[tuple[int, ...], list[int]]:
     slope batches and the sweep's contexts."""
     from photon.bench.protocol import WORKLOADS
 
-    for flag in ("prompt_len", "gen_len", "max_batch", "threads", "sweep_batch", "sweep_gen"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if args.budget_gib is not None and not 0 < args.budget_gib < float("inf"):
-        raise InputError(f"--budget-gib must be a positive number, got {args.budget_gib}")
     unknown = set(args.workloads.split(",")) - set(WORKLOADS)
     if unknown:
         raise InputError(f"--workloads: unknown {sorted(unknown)}; choose from "
@@ -162,18 +157,18 @@ def add_parser(verbs) -> None:
     p.add_argument("--models", nargs="+", metavar="NAME_OR_CHECKPOINT",
                    help="presets or checkpoint folders instead of a trio")
     p.add_argument("--workloads", default="PF,DE", help="comma-separated: PF, DE")
-    p.add_argument("--prompt-len", type=int, help="custom workload: prompt tokens")
-    p.add_argument("--gen-len", type=int, help="custom workload: generated tokens")
+    p.add_argument("--prompt-len", type=positive_int, help="custom workload: prompt tokens")
+    p.add_argument("--gen-len", type=positive_int, help="custom workload: generated tokens")
     p.add_argument("--modes", default=",".join(MODES), help="PHOTON decoding modes")
-    p.add_argument("--budget-gib", type=float,
+    p.add_argument("--budget-gib", type=positive_float,
                    help="memory budget that picks the batch (CPU 2, CUDA 100, quick 0.25)")
-    p.add_argument("--max-batch", type=int, help="cap on the batch (CPU 256, CUDA 4096)")
+    p.add_argument("--max-batch", type=positive_int, help="cap on the batch (CPU 256, CUDA 4096)")
     p.add_argument("--slope-batches", default=",".join(map(str, SLOPE_BATCHES)),
                    help="the two batch sizes whose slope of the decode's peak memory is the "
                         "per-sample memory")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=list(DTYPES), help=DTYPE_HELP)
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--attention", choices=OPTIONS, default="auto",
                    help="the kernel every model's global KV caches are read through: auto "
                         "times SDPA and explicit matmuls on this machine at each cache's own "
@@ -186,8 +181,8 @@ def add_parser(verbs) -> None:
     p.add_argument("--sweep", metavar="CONTEXTS",
                    help="context sweep, e.g. 512,1024,2048,4096,8192: memory and time per "
                         "token against context, plotted to OUT/context_sweep.png")
-    p.add_argument("--sweep-batch", type=int, default=4, help="batch of the context sweep")
-    p.add_argument("--sweep-gen", type=int, default=64,
+    p.add_argument("--sweep-batch", type=positive_int, default=4, help="batch of the context sweep")
+    p.add_argument("--sweep-gen", type=positive_int, default=64,
                    help="tokens generated at each context of the sweep")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and plots")
     p.add_argument("--json", action="store_true",

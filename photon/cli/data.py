@@ -7,6 +7,8 @@ import argparse
 import json
 import time
 
+from photon.cli.flags import bpe_vocab, open_fraction, positive_int
+
 
 def run_corpus(args: argparse.Namespace) -> None:
     from photon.data.corpora import build_corpus
@@ -118,18 +120,18 @@ def add_parser(verbs) -> None:
                            "training text; bytes: raw UTF-8 bytes; PATH: a Hugging Face "
                            "tokenizer.json, or a folder holding one (its tokenizer_config.json "
                            "names the end-of-document token)")
-    prep.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default "
-                                                                   "4096)")
+    prep.add_argument("--vocab-size", type=bpe_vocab, default=4096,
+                      help="BPE vocabulary (default 4096)")
     prep.add_argument("--text-field", default="text",
                       help="JSON field / Parquet column holding the text (default: text)")
     held = prep.add_mutually_exclusive_group()
-    held.add_argument("--val-fraction", type=float, metavar="F",
+    held.add_argument("--val-fraction", type=open_fraction, metavar="F",
                       help="fraction held out for validation (default 0.05)")
-    held.add_argument("--val-documents", type=int, metavar="N",
+    held.add_argument("--val-documents", type=positive_int, metavar="N",
                       help="hold out exactly N whole documents (by hash) instead")
-    prep.add_argument("--workers", type=int,
+    prep.add_argument("--workers", type=positive_int,
                       help="tokenizer processes (default: one per available CPU)")
-    prep.add_argument("--shard-tokens", type=int,
+    prep.add_argument("--shard-tokens", type=positive_int,
                       help="tokens per shard file (default 2^28: 512 MiB of uint16)")
     prep.add_argument("--json", action="store_true",
                       help="also print the manifest and throughput as one JSON line (last)")

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from photon.cli.flags import positive_int
 from photon.inference.modes import MODES
 
 if TYPE_CHECKING:  # imported when run, to keep `photon --help` fast
@@ -15,17 +16,10 @@ if TYPE_CHECKING:  # imported when run, to keep `photon --help` fast
     from photon.data.tokenizer import Tokenizer
     from photon.model.lm import Model
 
-SIZES = ("batch_size", "window", "stride", "max_bytes")  # flags that must be positive
-
-
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import load_model
     from photon.errors import InputError
 
-    for name in SIZES:  # before the model is loaded; 0 never means "the default"
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     boundaries = _boundaries(args.buckets)
     by_position = args.by_position or boundaries is not None
     if by_position and args.stride is not None:
@@ -169,10 +163,11 @@ def add_parser(verbs) -> None:
                    help="PHOTON: compute the logits through the cached decoding path, meta-"
                         "context by meta-context, as generation does (slower; it equals "
                         "the forward pass for HierGen, which is what this shows)")
-    p.add_argument("--window", type=int, help="tokens per window (default: the model's "
-                                              "training context)")
-    p.add_argument("--stride", type=int, help="new tokens scored per window (default: half "
-                                              "the window; not with --by-position)")
+    p.add_argument("--window", type=positive_int,
+                   help="tokens per window (default: the model's training context)")
+    p.add_argument("--stride", type=positive_int,
+                   help="new tokens scored per window (default: half the window; not with "
+                        "--by-position)")
     p.add_argument("--by-position", action="store_true",
                    help="bpb by position in the window, from whole windows that start at "
                         "document starts and follow one another (see above)")
@@ -180,8 +175,9 @@ def add_parser(verbs) -> None:
                    help="--by-position's buckets: the positions where one starts (0 is "
                         "implied; default window/8 and window/2: 0-255, 256-1023, 1024-2046 "
                         "for a window of 2048); implies --by-position")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--max-bytes", type=int, help="score only the first N bytes of the text")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--max-bytes", type=positive_int,
+                   help="score only the first N bytes of the text")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--json", action="store_true",
                    help='last stdout line: {"bpb", "ppl", "tokens", "bytes", ...}, with '

@@ -26,15 +26,16 @@ def _number(kind: type, text: str) -> int | float:
 
 
 def bounded(kind: type, low: float, high: float = math.inf, low_open: bool = False,
-            what: str | None = None) -> Callable[[str], int | float]:
-    """An argparse type: a finite `kind` (int or float) in [low, high] ((low, high] with
-    `low_open`); `what` names the range in the error."""
+            high_open: bool = False, what: str | None = None) -> Callable[[str], int | float]:
+    """An argparse type: a finite `kind` (int or float) in [low, high], the ends left out
+    with `low_open` and `high_open`; `what` names the range in the error."""
     what = what or f"{'>' if low_open else '>='} {low:g}" + \
-        ("" if high == math.inf else f" and <= {high:g}")
+        ("" if high == math.inf else f" and {'<' if high_open else '<='} {high:g}")
 
     def parse(text: str) -> int | float:
         value = _number(kind, text)
-        if value < low or (low_open and value == low) or value > high:
+        if value < low or (low_open and value == low) or value > high \
+                or (high_open and value == high):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
@@ -46,8 +47,12 @@ non_negative_int = bounded(int, 0, what="an integer >= 0")
 positive_float = bounded(float, 0, low_open=True, what="a positive finite number")
 non_negative_float = bounded(float, 0, what="a finite number >= 0")
 fraction = bounded(float, 0, 1, low_open=True, what="in (0, 1]")
+open_fraction = bounded(float, 0, 1, low_open=True, high_open=True, what="in (0, 1)")
 port = bounded(int, 0, 65535, what="a port in [0, 65535] (0: any free port)")
 seed = bounded(int, 0, SEED_LIMIT - 1, what="an integer in [0, 2**64)")
+# A byte-level BPE holds the 256 bytes and the end-of-document token; its trainer sets aside
+# about 70 bytes per entry up front, so a vocabulary of 2**31 would ask for 140 GB at once.
+bpe_vocab = bounded(int, 257, 2**24, what="a BPE vocabulary in [257, 2**24]")
 
 
 def mebibytes(least_bytes: int) -> Callable[[str], float]:
@@ -62,3 +67,18 @@ def non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def fraction_range(text: str) -> list[float]:
+    """An argparse type: `START,END`, fractions with 0 <= START <= END <= 1, as a list; `off`
+    is the empty list."""
+    if text == "off":
+        return []
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not 0 <= values[0] <= values[1] <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected START,END with 0 <= START <= END <= 1, or off; got {text!r}")
+    return values

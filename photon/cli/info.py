@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.cli.flags import positive_int
+
 
 def run(args: argparse.Namespace) -> None:
     from photon.model.config import get_preset
@@ -36,7 +38,7 @@ def add_parser(verbs) -> None:
                                      "module and in total (counted without allocating), and "
                                      "its training FLOPs per token.")
     p.add_argument("name", help="preset name, e.g. photon-600m or vanilla-small")
-    p.add_argument("--seq-len", type=int, metavar="N",
+    p.add_argument("--seq-len", type=positive_int, metavar="N",
                    help="training context (default: the preset's): FLOPs per token count "
                         "attention at N, as `photon train --seq-len N` does")
     p.add_argument("--json", action="store_true",

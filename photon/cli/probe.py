@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from photon.cli.flags import positive_int
+
 
 def run(args: argparse.Namespace) -> None:
     from photon.checkpoint import TRAINER_FILE, load_model, resolve_checkpoint
@@ -51,10 +53,10 @@ def add_parser(verbs) -> None:
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
     p.add_argument("--data", help="corpus whose validation split is probed (default: the "
                                   "run's training corpus)")
-    p.add_argument("--windows", type=int, default=32, help="windows of text (default 32)")
-    p.add_argument("--seq-len", type=int, help="tokens per window (default: the model's "
+    p.add_argument("--windows", type=positive_int, default=32, help="windows of text (default 32)")
+    p.add_argument("--seq-len", type=positive_int, help="tokens per window (default: the model's "
                                                "training context)")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=positive_int, default=8,
                    help="windows per batch; top states are swapped within a batch")
     p.add_argument("--no-recgen", action="store_true", help="skip the RecGen comparison")
     p.add_argument("--plot", metavar="PNG", help="plot the loss by position to this file")

@@ -7,6 +7,15 @@ import dataclasses
 import json
 import os
 
+from photon.cli.flags import (
+    bpe_vocab,
+    fraction_range,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed,
+)
+
 
 def run(args: argparse.Namespace) -> None:
     from photon.training.args import TrainArgs
@@ -15,7 +24,6 @@ def run(args: argparse.Namespace) -> None:
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     given["overrides"] = _overrides(args.set) if args.set else None
-    given["curriculum"] = _curriculum(args.curriculum) if args.curriculum else None
     summary = train(given, resume=args.resume)
     if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 reports
         return
@@ -25,18 +33,6 @@ def run(args: argparse.Namespace) -> None:
     print(f"checkpoint: {summary['checkpoint']}  (load it with photon.load_model)")
     if args.json:
         print(json.dumps(summary))
-
-
-def _curriculum(text: str) -> list[float]:
-    """`START,END` fractions of the run, or `off` (an empty list)."""
-    from photon.errors import ConfigError
-
-    if text == "off":
-        return []
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--curriculum expects START,END or off, got {text!r}") from None
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -75,7 +71,9 @@ def add_parser(verbs) -> None:
                "  torchrun --nproc_per_node 8 -m photon.cli train --parallel fsdp ...\n"
                "Stops at the first of --max-steps, --max-tokens, --flops, --max-time (the "
                "cosine schedule\nends at the first three; default 300 steps). Unset options "
-               "of a resumed run keep the\ncheckpoint's values.")
+               "of a resumed run keep the\ncheckpoint's values. A step whose loss or "
+               "weights are no longer finite stops the run (exit\nstatus 2) without saving "
+               "it: the latest checkpoint stays the last finite one.")
     data = p.add_argument_group("model and data")
     data.add_argument("--preset", help="model preset (default photon-small-bounded: PHOTON with "
                                          "bounded decode memory, docs/models.md)")
@@ -92,26 +90,28 @@ def add_parser(verbs) -> None:
     data.add_argument("--tokenizer", metavar="bpe|bytes|PATH",
                       help="byte-level BPE trained on the corpus (default), raw bytes, or a "
                            "Hugging Face tokenizer.json; a prepared directory brings its own")
-    data.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 4096)")
-    data.add_argument("--seq-len", type=int,
+    data.add_argument("--vocab-size", type=bpe_vocab, help="BPE vocabulary (default 4096)")
+    data.add_argument("--seq-len", type=positive_int,
                       help="tokens per training sequence (default: preset, at most 512)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int,
+    opt.add_argument("--batch-size", type=positive_int,
                      help="sequences per step over all processes (default 8)")
-    opt.add_argument("--micro-batch", type=int, help="sequences per forward pass and process; "
-                                                     "smaller means gradient accumulation")
-    opt.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    opt.add_argument("--warmup", type=int,
+    opt.add_argument("--micro-batch", type=positive_int,
+                     help="sequences per forward pass and process; smaller means gradient "
+                          "accumulation")
+    opt.add_argument("--lr", type=positive_float, help="peak learning rate (default 2e-3)")
+    opt.add_argument("--warmup", type=positive_int,
                      help="warm-up steps (default 150, at most half the run): shorter warm-ups "
                           "let Adam's first full-size steps collapse PHOTON's encoder states")
-    opt.add_argument("--curriculum", metavar="START,END",
+    opt.add_argument("--curriculum", type=fraction_range, metavar="START,END",
                      help="PHOTON L >= 2: teacher-force the level-2 decoder with encoder states "
                           "until fraction START of the run, then hand over to its own outputs "
                           "(the paper's form) by END (default 0.3,0.6; 'off' trains the paper's "
                           "form from the start, whose top stream then learns nothing)")
-    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
-    opt.add_argument("--grad-clip", type=float, help="gradient norm clip (default 1.0)")
-    opt.add_argument("--seed", type=int, help="seeds initialisation and data order (default 0)")
+    opt.add_argument("--weight-decay", type=non_negative_float,
+                     help="AdamW weight decay (default 0.1)")
+    opt.add_argument("--grad-clip", type=positive_float, help="gradient norm clip (default 1.0)")
+    opt.add_argument("--seed", type=seed, help="seeds initialisation and data order (default 0)")
     opt.add_argument("--dtype", choices=["auto", "bf16", "fp32"],
                      help="bf16 autocast or fp32; auto (default) uses bf16 on GPUs and on "
                           "CPUs with AMX/AVX512-BF16, where it is faster")
@@ -122,22 +122,27 @@ def add_parser(verbs) -> None:
                      help="under torchrun: ddp (default) replicates the model; fsdp shards "
                           "parameters, gradients and optimizer state (FSDP2, per block)")
     stop = p.add_argument_group("budgets (the first one reached stops training)")
-    stop.add_argument("--max-steps", type=int, help="optimizer steps")
-    stop.add_argument("--max-tokens", type=int, help="training tokens")
-    stop.add_argument("--flops", type=float, help="training FLOPs, e.g. 2e13: gives models "
-                                                  "of different cost the same compute")
-    stop.add_argument("--max-time", type=float, help="seconds of wall time for this command")
+    stop.add_argument("--max-steps", type=positive_int, help="optimizer steps")
+    stop.add_argument("--max-tokens", type=positive_int, help="training tokens")
+    stop.add_argument("--flops", type=positive_float,
+                      help="training FLOPs, e.g. 2e13: gives models of different cost the same "
+                           "compute")
+    stop.add_argument("--max-time", type=positive_float,
+                      help="seconds of wall time for this command")
     output = p.add_argument_group("output")
     output.add_argument("--out", help="run folder for checkpoints and metrics.jsonl "
-                                   "(default runs/<preset>)")
+                                   "(default runs/<preset>); locked while a run writes it")
     output.add_argument("--resume", metavar="DIR",
                      help="continue from a run folder (its latest step-N) or a checkpoint")
-    output.add_argument("--save-every", type=int, help="steps between checkpoints (default 50)")
-    output.add_argument("--keep", type=int, help="checkpoints kept (default 3)")
-    output.add_argument("--eval-every", type=int, help="steps between validations (default 50)")
-    output.add_argument("--eval-tokens", type=int,
+    output.add_argument("--save-every", type=positive_int,
+                        help="steps between checkpoints (default 50)")
+    output.add_argument("--keep", type=positive_int, help="checkpoints kept (default 3)")
+    output.add_argument("--eval-every", type=positive_int,
+                        help="steps between validations (default 50)")
+    output.add_argument("--eval-tokens", type=positive_int,
                      help="validation tokens per evaluation (default 32768)")
-    output.add_argument("--log-every", type=int, help="steps between metrics rows (default 10)")
+    output.add_argument("--log-every", type=positive_int,
+                        help="steps between metrics rows (default 10)")
     output.add_argument("--json", action="store_true",
                      help="also print the summary as one JSON line (the last line of stdout)")
     p.set_defaults(run=run)

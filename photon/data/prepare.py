@@ -15,7 +15,6 @@ only: not on the number of workers, nor on how the documents are laid out in fil
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
@@ -49,6 +48,7 @@ from photon.data.shards import FORMAT, MANIFEST, PARTIAL, is_prepared, read_mani
 from photon.data.sources import Piece, PieceReader, plan_pieces
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError
+from photon.locking import LOCK_FILE, locked
 
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB of uint16)
 BATCH_BYTES = 1 << 20  # text tokenized per call
@@ -98,7 +98,7 @@ def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer | str = "b
             raise DataError(f"--{name} must be at least 1, got {value}")
     out = Path(out)
     if out.is_dir() and not {MANIFEST, PARTIAL} & {p.name for p in out.iterdir()} \
-            and any(p.name != ".lock" for p in out.iterdir()):
+            and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise DataError(f"{out} is a folder but not a prepared directory; give a new or "
                         "empty --out")
     try:
@@ -115,7 +115,7 @@ def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer | str = "b
                       if tokenizer == "bytes" else tokenizer.fingerprint()),
     }
     try:
-        with _locked(out, wait):
+        with locked(out, f"another photon data prepare is writing {out}", DataError, wait):
             if (out / MANIFEST).is_file():
                 manifest = read_manifest(out)
                 if manifest.get("settings") != settings:
@@ -189,17 +189,6 @@ def _work_tokenizer(folder: Path, source, tokenizer: Tokenizer | str, vocab_size
     tokenizer.save(folder.with_name("tokenizer.tmp"))
     os.replace(folder.with_name("tokenizer.tmp"), folder)
     return tokenizer
-
-
-@contextmanager
-def _locked(out: Path, wait: bool) -> Iterator[None]:
-    """An exclusive lock on `out/.lock`: two prepares never write one directory."""
-    with open(out / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise DataError(f"another photon data prepare is writing {out}") from None
-        yield
 
 
 # --- workers: one piece at a time, each piece to its own files

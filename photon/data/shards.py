@@ -117,7 +117,9 @@ class WindowSampler:
 
     def _order_of(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            # Kept in the generator's range [0, 2**64), so that any --seed works; the modulo
+            # changes nothing for seeds below 2**64 / 1,000,003.
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
             self._epoch, self._order = epoch, torch.randperm(self.n_windows, generator=g)
         return self._order
 

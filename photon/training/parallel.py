@@ -116,6 +116,14 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
 
 
+def weights_finite(model: nn.Module, ctx: Distributed) -> bool:
+    """Whether every weight of `model` is finite, on every process (each checks its own
+    shards under FSDP; the answer is the same everywhere)."""
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
+    bad = not torch.stack([torch.isfinite(t).all() for t in local]).all().item()
+    return ctx.sum([float(bad)])[0] == 0
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full weights on the CPU, by name. A collective under FSDP: call it on every
     rank; rank 0 gets the tensors."""

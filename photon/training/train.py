@@ -12,6 +12,11 @@ of (seed, windows consumed), and the checkpoint stores weights, optimizer moment
 states and the data position. Validation (`photon.evaluation.validation`) reports token
 loss and bits per byte.
 
+A run never loses or corrupts another's: its folder is locked for the run
+(`photon.locking`), so a second `photon train --out` into it is refused. A step whose
+gradient is not finite, or that leaves a weight infinite, stops the run before anything of
+it is validated or saved, so the latest checkpoint is always finite.
+
 `--data mqar:K=8,16,32` trains on a generated task instead of text (`photon.evaluation.recall`:
 multi-query associative recall, loss only at the values recalled, every other label -100); its
 validation reports loss and accuracy at the values of a held-out stream.
@@ -21,9 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +42,11 @@ from photon import checkpoint as ckpt_io
 from photon.data.corpus import SHAKESPEARE, tokenizer_for
 from photon.data.prepare import packed_dir
 from photon.data.shards import WindowSampler, load_tokens, read_windows
-from photon.device import choose_dtype
+from photon.device import GIB, available_memory, choose_dtype
 from photon.errors import CheckpointError, ConfigError, DataError
 from photon.evaluation.recall import MQAR, SequenceSampler, is_task, recall_validation
 from photon.evaluation.validation import validation_scores
+from photon.locking import locked
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
 from photon.model.lm import PhotonLM, build_model
@@ -70,8 +78,10 @@ def describe_scores(scores: dict[str, float]) -> str:
     return ", ".join(words)
 
 
-def _prepare_out(out: Path, resuming: bool) -> None:
-    """Fail early on an unwritable or already-used folder; drop leftovers of a killed save."""
+def _claim_folder(out: Path, resuming: bool, held: ExitStack) -> None:
+    """Make the run folder ready and lock it for as long as `held` lasts: fail early on an
+    unwritable folder, one another run is writing, or (a new run) one that already holds
+    checkpoints; drop leftovers of a killed save."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".probe-{os.getpid()}"
@@ -80,6 +90,7 @@ def _prepare_out(out: Path, resuming: bool) -> None:
     except OSError as e:
         raise CheckpointError(f"cannot write to output folder {out}: "
                               f"{e.strerror or e}") from None
+    held.enter_context(locked(out, f"another photon train is writing {out}", CheckpointError))
     if not resuming and ckpt_io.list_checkpoints(out):
         raise CheckpointError(f"{out} already holds checkpoints; resume with --resume {out} "
                               "or choose another --out")
@@ -87,20 +98,30 @@ def _prepare_out(out: Path, resuming: bool) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _check_batch_fits(batch: int, micro: int, seq_len: int, d_model: int) -> None:
+    """Refuse a batch that can never run: what a step holds at the least, the list of its
+    windows (8 bytes each) and one layer's activations of a micro-batch (float32), must
+    fit in the memory available (a batch of 2**70 would otherwise run until it does not)."""
+    need = 8 * batch + 4 * micro * seq_len * d_model
+    free = available_memory(torch.device("cpu"))
+    if need > free:
+        raise ConfigError(f"--batch-size {batch} (micro-batches of {micro}) x --seq-len "
+                          f"{seq_len}: a step needs at least {need / GIB:,.1f} GiB, more than "
+                          f"the {free / GIB:,.1f} GiB available; lower --batch-size or "
+                          "--micro-batch")
+
+
 def train(given: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Train (or resume) a run; `given` maps TrainArgs fields to command-line values (None
     for "not given"). Returns a summary of the finished run."""
     ctx = parallel.Distributed(given.get("device") or "auto")
     try:
-        return _train(ctx, given, resume)
+        with ExitStack() as held:  # the run folder's lock, from its set-up to the last save
+            run = _Run(ctx, given, resume, held)
+            run.announce()
+            return run.fit()
     finally:
         ctx.close()
-
-
-def _train(ctx: parallel.Distributed, given: dict[str, Any], resume: str | None) -> dict[str, Any]:
-    run = _Run(ctx, given, resume)
-    run.announce()
-    return run.fit()
 
 
 class _Run:
@@ -109,23 +130,26 @@ class _Run:
     checkpoint it continues; `fit` then trains to the end, validating and saving."""
 
     def __init__(self, ctx: parallel.Distributed, given: dict[str, Any],
-                 resume: str | None) -> None:
+                 resume: str | None, held: ExitStack) -> None:
         self.ctx, self.started = ctx, time.monotonic()
-        self.restored = self._resolve_args(given, resume)
+        self.restored = self._resolve_args(given, resume, held)
         self._load_data()
         self._build_model()
         self._build_schedule()
         self._restore_state()
 
-    def _resolve_args(self, given: dict[str, Any], resume: str | None) -> dict | None:
+    def _resolve_args(self, given: dict[str, Any], resume: str | None,
+                      held: ExitStack) -> dict | None:
         """The run's arguments (a resumed run's, with what was given on top) and its
-        output folder, made ready; returns what the checkpoint to resume holds, or None."""
+        output folder, made ready and locked (see `_claim_out`); returns what the checkpoint
+        to resume holds, or None."""
         restored = None
         if resume is not None:
             ckpt = ckpt_io.resolve_checkpoint(resume, resumable=True)
+            self.out = Path(given["out"]) if given.get("out") else ckpt.parent
+            self._claim_out(True, held)
             info, state = ckpt_io.load_training_state(ckpt)
             self.args = merge_args(given, info["args"])
-            self.out = Path(self.args.out) if given.get("out") else ckpt.parent
             model, tokenizer = ckpt_io.load_model(ckpt)
             restored = {"ckpt": ckpt, "info": info, "state": state, "model": model,
                         "tokenizer": tokenizer}
@@ -134,10 +158,14 @@ class _Run:
             # Bad overrides fail before any data work.
             get_preset(self.args.preset).replace(**self.args.overrides)
             self.out = Path(self.args.out or f"runs/{self.args.preset}")
-        if self.ctx.main:
-            _prepare_out(self.out, resume is not None)
-        self.ctx.barrier()
+            self._claim_out(False, held)
         return restored
+
+    def _claim_out(self, resuming: bool, held: ExitStack) -> None:
+        """The run folder made ready and locked by the main process (`_claim_folder`)."""
+        if self.ctx.main:
+            _claim_folder(self.out, resuming, held)
+        self.ctx.barrier()
 
     def _first_then_others(self, fn):
         """fn() on rank 0 first (downloads, tokenizer training, packing fill the caches),
@@ -209,6 +237,7 @@ class _Run:
             raise ConfigError(f"--batch-size {args.batch_size} is not a multiple of "
                               f"--micro-batch {self.micro} x {ctx.world} process(es)")
         self.accum = args.batch_size // (self.micro * ctx.world)
+        _check_batch_fits(args.batch_size, self.micro, args.seq_len, self.config.d_model)
         self.tokens_per_step = args.batch_size * args.seq_len
         self.flops_per_token = training_flops_per_token(self.config, args.seq_len)
         self.steps = total_steps(args, self.tokens_per_step, self.flops_per_token)
@@ -289,6 +318,17 @@ class _Run:
         self.ctx.barrier()
         return path
 
+    def diverged(self, step: int, what: str) -> ConfigError:
+        """The error that stops a run whose loss, gradient or weights are no longer finite
+        at `step`; nothing of that step is saved."""
+        saved = ckpt_io.list_checkpoints(self.out)
+        kept = f"{saved[-1]} stays the latest checkpoint" if saved else "no checkpoint was " \
+            "saved"
+        return ConfigError(f"step {step}: {what}: the run diverged and stops here, saving "
+                           f"nothing of this step ({kept}); train again with a lower --lr "
+                           f"(this run's: {self.args.lr:g}) or --grad-clip "
+                           f"({self.args.grad_clip:g})")
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step over a global batch (gradient accumulation over micro-batches
         of this process's share); returns this process's summed losses, lr and grad norm."""
@@ -311,6 +351,11 @@ class _Run:
             loss_sum += out.loss.item()
             token_sum += out.losses["token"].item()
         grad_norm = parallel.clip_grad_norm(self.model, args.grad_clip)
+        # The norm is global (gradients are reduced over processes), so every process stops
+        # here together; stepping would write NaN into every weight.
+        if not math.isfinite(grad_norm):
+            raise self.diverged(self.step + 1, f"the loss is {loss_sum / self.accum:g} and "
+                                               f"its gradient norm {grad_norm:g}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -372,13 +417,19 @@ class _Run:
                 bar.update(1)
                 out_of_time = self.out_of_time()
                 done = step == self.steps or out_of_time
-                if step % args.eval_every == 0 or done:
+                evaluate, save = step % args.eval_every == 0 or done, \
+                    step % args.save_every == 0 or done
+                # A finite gradient can still take a weight past the float range (a huge --lr):
+                # caught before such weights are validated or saved.
+                if (evaluate or save) and not parallel.weights_finite(self.model, ctx):
+                    raise self.diverged(step, "a weight is no longer finite after the update")
+                if evaluate:
                     scores = self.validate()
                     last.update(scores)
                     self.log({"step": step, **scores})
                     if ctx.main:
                         bar.write(f"step {step}: {describe_scores(scores)}")
-                if step % args.save_every == 0 or done:
+                if save:
                     path = self.save()
                 if out_of_time:
                     break

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tokenizers import decoders, models, normalizers, trainers
 
 import photon
 from photon.cli import main as cli_main
+from photon.data import prepare as prepare_module
 from photon.data import sources
 from photon.data.corpus import Split, split_documents
 from photon.data.prepare import packed_dir, prepare
@@ -305,3 +307,196 @@ def test_bad_data_one_line_errors(env, tmp_path, capsys):
     assert cli_main(["train", *TINY, "--data", str(unfinished), "--out",
                      str(tmp_path / "run")]) == 2
     assert "unfinished photon data prepare" in capsys.readouterr().err
+
+
+# --- issue 31: flat memory, bounded records, text that is not Unicode, one writer
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """`data` into `path`, compressed as its suffix says (.gz, .zst, .bz2, .lz4)."""
+    codec = sources.CODECS.get(path.suffix)
+    if codec is None:
+        path.write_bytes(data)
+    else:
+        with pa.output_stream(str(path), compression=codec) as f:
+            f.write(data)
+    return path
+
+
+def _peak_python_bytes(fn) -> int:
+    """The peak of Python's allocations (numpy's included) while `fn()` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+LINE = "the quick brown fox jumps over the lazy dog, naïve café ☃ " * 40 + "\n"  # 2.5 KB
+TEXT = LINE * 1700  # 4.2 MB
+
+
+def _source(folder: Path, name: str, text: str) -> Path:
+    """`text` as the file `name` says: plain text (in one line for one-line.*), JSON Lines
+    of a record per line (records.*) or of the whole text in one record (one-record.*),
+    compressed by its suffix."""
+    if name.startswith("one-"):
+        text = text.replace("\n", " ")
+    if name.startswith("records"):
+        text = "".join(json.dumps({"text": line}) + "\n" for line in text.splitlines())
+    elif name.startswith("one-record"):
+        text = json.dumps({"text": text}) + "\n"
+    folder.mkdir()
+    return _write(folder / name, text.encode())
+
+
+@pytest.mark.parametrize("name", ["lines.txt", "lines.txt.gz", "lines.txt.zst", "lines.txt.bz2",
+                                  "lines.txt.lz4", "one-line.txt", "one-line.txt.gz",
+                                  "records.jsonl", "records.jsonl.gz", "one-record.jsonl",
+                                  "one-record.jsonl.gz"])
+def test_memory_stays_flat_whatever_the_input(tmp_path, monkeypatch, name):
+    """4.2 MB of text prepared with 16 KB blocks: Python's peak stays under 1 MB whether the
+    text is plain or compressed, in lines or in one line, in records; one record of it all
+    is refused beyond a record limit of 256 KiB after reading no more than that. A
+    compressed text's held-out tail (found in a second pass) is the plain file's."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr(prepare_module, "BATCH_BYTES", 16 << 10)
+    split = Split(documents=10) if name.startswith("records") else Split()
+
+    def run(path: Path, out: str):
+        return prepare(path, tmp_path / out, "bytes", split=split, workers=1,
+                       max_record=256 << 10, progress=False)
+
+    if not name.startswith("one-record"):
+        run(_source(tmp_path / "warm-up", name, LINE * 40), "warm")  # imports, caches
+    big = _source(tmp_path / "big", name, TEXT)
+    if name.startswith("one-record"):
+        with pytest.raises(DataError, match=f"{name}: line 1: a record of more than 262,144 "
+                                            r"bytes \(--max-record-mb\)"):
+            _peak_python_bytes(lambda: run(big, "warm"))  # imports pyarrow, once
+        peak = _peak_python_bytes(lambda: pytest.raises(DataError, run, big, "out"))
+    else:
+        peak = _peak_python_bytes(lambda: run(big, "out"))
+    assert len(TEXT.encode()) > 4_000_000 and peak < 1_000_000, f"peak {peak:,} B"
+    if name.startswith(("lines", "one-line")):
+        run(_source(tmp_path / "plain", "plain.txt", TEXT if "lines" in name else
+                    TEXT.replace("\n", " ")), "plain-out")
+        assert shards(tmp_path / "out") == shards(tmp_path / "plain-out")
+        assert read_manifest(tmp_path / "out")["val"] == read_manifest(tmp_path /
+                                                                     "plain-out")["val"]
+
+
+def _records(texts: list[str]) -> str:
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "jsonl.bz2", "parquet"])
+def test_a_record_over_the_limit_is_refused_naming_its_file_and_record(tmp_path, capsys, kind):
+    """--max-record-mb bounds a JSON Lines record (its line) or a Parquet value: one over
+    it is refused in one line naming the file and the record; one at it passes."""
+    texts = [f"document {i} " * 10 for i in range(20)]
+    texts[7] = "x" * 3000
+    path = tmp_path / f"docs.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"text": texts}), path, row_group_size=5)
+        limit, where = 3000, "docs.parquet: record 8 is more than 2,999 bytes"
+    else:
+        _write(path, _records(texts).encode())
+        limit, where = len(json.dumps({"text": texts[7]})), f"docs.{kind}: line 8: a " \
+            "record of more than 3,011 bytes"
+    argv = ["data", "prepare", str(path), "--tokenizer", "bytes", "--val-documents", "2"]
+    assert cli_main([*argv, "--out", str(tmp_path / "a"), "--max-record-mb",
+                     str(limit / 2**20)]) == 0
+    capsys.readouterr()
+    assert cli_main([*argv, "--out", str(tmp_path / "b"), "--max-record-mb",
+                     str((limit - 1) / 2**20)]) == 2
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last.startswith("photon data: error: ") and where in last, err
+    assert "(--max-record-mb)" in last and "Traceback" not in err
+
+
+def test_a_record_over_the_limit_is_named_in_any_piece(tmp_path):
+    """A plain JSON Lines file read in byte ranges: the record is named by its line in the
+    file, and a range that starts inside an over-long line skips it in blocks."""
+    path = tmp_path / "big.jsonl"
+    texts = [f"document {i} " * 20 for i in range(300)]
+    texts[250] = "y" * 50_000
+    path.write_text(_records(texts))
+    pieces = sources.plan_pieces([path], piece_bytes=10_000)
+    with pytest.raises(DataError, match=r"big.jsonl: line 251: a record of more than 40,000 "):
+        for piece in pieces:
+            list(sources.PieceReader(piece, max_record=40_000))
+
+
+NOT_UNICODE = {  # a line 6 of a JSON Lines file: what it holds, what the error says of it
+    "lone high surrogate": (b'{"text": "a\\ud800b"}', "U+D800 at character 1"),
+    "lone low surrogate": (b'{"text": "\\udfff first"}', "U+DFFF at character 0"),
+    "half of a pair": (b'{"text": "pair \\ud83d\\ude00 then \\ud83d"}', "U+D83D at character 12"),
+    "surrogate bytes": (b'{"text": "raw \xed\xa0\x80"}', "U+D800 at character 4"),
+}
+
+
+@pytest.mark.parametrize("case", [*NOT_UNICODE, "parquet"])
+def test_text_that_is_not_unicode_is_refused_and_nothing_is_left_half_written(
+        tmp_path, capsys, monkeypatch, case):
+    """A record whose text is not Unicode (a lone UTF-16 surrogate escaped in JSON or
+    encoded raw, invalid UTF-8 in Parquet) stops `photon data prepare` and `photon train
+    --data` with one line naming the file and record; no temporary file remains and no
+    manifest, and once the record is fixed the same command prepares what a fresh one does."""
+    monkeypatch.setenv("PHOTON_CACHE", str(tmp_path / "cache"))
+    good = [f"document {i} says something".encode() for i in range(12)]
+    if case == "parquet":
+        source, needle = tmp_path / "docs.parquet", "docs.parquet: record 6: its 'text' is " \
+                                                    "not UTF-8 text"
+        values = [*good[:5], b"caf\xe9", *good[6:]]
+        offsets = np.cumsum([0, *map(len, values)]).astype(np.int32)
+        column = pa.Array.from_buffers(pa.string(), len(values), [
+            None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+        pq.write_table(pa.table({"text": column}), source)
+    else:
+        line, where = NOT_UNICODE[case]
+        source, needle = tmp_path / "docs.jsonl", f"docs.jsonl: line 6: the 'text' text holds " \
+                                                  f"a lone surrogate ({where})"
+        source.write_bytes(b"".join([json.dumps({"text": t.decode()}).encode() + b"\n"
+                                     for t in good[:5]] + [line + b"\n"] +
+                                    [json.dumps({"text": t.decode()}).encode() + b"\n"
+                                     for t in good[6:]]))
+    out = tmp_path / "prepared"
+    for argv in (["data", "prepare", str(source), "--out", str(out), "--tokenizer", "bytes"],
+                 ["train", *TINY, "--data", str(source), "--vocab-size", "300", "--out",
+                  str(tmp_path / "run")]):
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+        assert last.startswith(f"photon {argv[0]}: error: ") and needle in last, err
+        assert "Traceback" not in err
+    leftovers = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")]
+                 if p.name.endswith(".tmp") or p.name == "manifest.json"]
+    assert not leftovers and not list((tmp_path / "run").glob("step-*")), leftovers
+    if case == "parquet":
+        pq.write_table(pa.table({"text": [t.decode() for t in good]}), source)
+    else:
+        source.write_text(_records([t.decode() for t in good]))
+    assert cli_main(["data", "prepare", str(source), "--out", str(out), "--tokenizer",
+                     "bytes"]) == 0
+    prepare(source, tmp_path / "fresh", "bytes", progress=False)
+    assert shards(out) == shards(tmp_path / "fresh")
+
+
+def test_a_prepare_into_a_folder_in_use_names_the_writer(env, tmp_path, capsys):
+    """photon data prepare and photon train share one lock (photon.locking): a second
+    writer is refused in one line naming the first's process and host."""
+    import socket
+
+    from photon.locking import locked
+
+    out = tmp_path / "prepared"
+    out.mkdir()
+    with locked(out, "held by this test", DataError):
+        assert cli_main(["data", "prepare", str(env["jsonl"]), "--out", str(out),
+                         "--tokenizer", "bytes"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"photon data: error: another photon data prepare is writing {out} (pid "
+                   f"{os.getpid()} on {socket.gethostname()} holds {out / '.lock'})\n")

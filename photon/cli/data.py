@@ -7,7 +7,7 @@ import argparse
 import json
 import time
 
-from photon.cli.flags import bpe_vocab, open_fraction, positive_int
+from photon.cli.flags import bpe_vocab, mebibytes, open_fraction, positive_int
 
 
 def run_corpus(args: argparse.Namespace) -> None:
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> None:
         Split(args.val_fraction)
     result = prepare(args.source, args.out, args.tokenizer, vocab_size=args.vocab_size,
                      text_field=args.text_field, split=split, workers=args.workers,
-                     shard_tokens=args.shard_tokens)
+                     shard_tokens=args.shard_tokens,
+                     max_record=round(args.max_record_mb * 2**20))
     train, val = result["train"], result["val"]
     tok = result["tokenizer"]
     print(f"{args.out}: {train['documents']:,} train / {val['documents']:,} val documents, "
@@ -98,7 +99,9 @@ def add_parser(verbs) -> None:
             "  JSON Lines (.jsonl, .ndjson, .json): one document per line, in --text-field;\n"
             "  Parquet (.parquet): one document per row of the --text-field column;\n"
             "  plain text (any other name): each file one document.\n"
-            "JSON Lines and text may be compressed (.gz, .zst, .bz2, .lz4); all is streamed.\n\n"
+            "JSON Lines and text may be compressed (.gz, .zst, .bz2, .lz4); all is streamed,\n"
+            "so memory stays flat whatever the input (a record may be at most\n"
+            "--max-record-mb).\n\n"
             "Validation: 5% by default: records chosen by a hash of their text, and the last\n"
             "5% of every text file; --val-documents N holds out N whole documents instead.\n\n"
             "The result depends only on the documents and these settings, not on --workers or\n"
@@ -133,6 +136,10 @@ def add_parser(verbs) -> None:
                       help="tokenizer processes (default: one per available CPU)")
     prep.add_argument("--shard-tokens", type=positive_int,
                       help="tokens per shard file (default 2^28: 512 MiB of uint16)")
+    prep.add_argument("--max-record-mb", type=mebibytes(1), default=64.0, metavar="MIB",
+                      help="the largest JSON Lines record or Parquet value, each held whole "
+                           "while it is read (default 64); a larger one is an error naming "
+                           "its file and record")
     prep.add_argument("--json", action="store_true",
                       help="also print the manifest and throughput as one JSON line (last)")
     prep.set_defaults(run=run)

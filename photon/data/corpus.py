@@ -173,13 +173,13 @@ def validation_text(corpus: str | Path, text_field: str = "text") -> str:
 
 
 def bpe_sample(corpus: str | Path, split: Split, text_field: str = "text",
-               max_bytes: int = BPE_SAMPLE_BYTES) -> list[str]:
+               max_bytes: int = BPE_SAMPLE_BYTES, max_record: int | None = None) -> list[str]:
     """Text blocks of the first `max_bytes` of training text, never from a held-out
-    document: a BPE is trained on them."""
+    document: a BPE is trained on them. (`max_record`: see `PieceReader`.)"""
     kept: list[tuple[list[str], int | None]] = []  # blocks, hash (None: a fixed split)
     size = 0
     for piece in plan_pieces(resolve_corpus(corpus)):
-        for doc in PieceReader(piece, text_field, split.tail):
+        for doc in PieceReader(piece, text_field, split.tail, max_record):
             if doc.split == "val":
                 continue
             blocks, h = [], DocumentHash()
@@ -206,14 +206,14 @@ def bpe_sample(corpus: str | Path, split: Split, text_field: str = "text",
     return [block for blocks, _ in kept for block in blocks]
 
 
-def train_bpe(corpus: str | Path, split: Split, text_field: str,
-              vocab_size: int) -> Tokenizer:
+def train_bpe(corpus: str | Path, split: Split, text_field: str, vocab_size: int,
+              max_record: int | None = None) -> Tokenizer:
     """A byte-level BPE trained on `bpe_sample` of the corpus. It says so on stderr, at the
     start and the end: on tens of MB this takes a minute with nothing else to show."""
     started = time.monotonic()
     print(f"tokenizer: training a {vocab_size:,}-token BPE on the training text of {corpus}",
           file=sys.stderr, flush=True)
-    sample = bpe_sample(corpus, split, text_field)
+    sample = bpe_sample(corpus, split, text_field, max_record=max_record)
     tokenizer = Tokenizer.train_bpe(sample, vocab_size)
     mb = sum(len(block.encode("utf-8")) for block in sample) / 1e6
     print(f"tokenizer: trained on {mb:,.1f} MB in {time.monotonic() - started:.1f} s",

@@ -85,12 +85,14 @@ def packed_dir(corpus: str | Path, tokenizer: Tokenizer) -> Path:
 def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer | str = "bpe", *,
             vocab_size: int = 4096, text_field: str = "text", split: Split | None = None,
             workers: int | None = None, shard_tokens: int | None = None,
-            progress: bool | None = True, wait: bool = False) -> dict[str, Any]:
+            max_record: int | None = None, progress: bool | None = True,
+            wait: bool = False) -> dict[str, Any]:
     """Tokenize `source` into the prepared directory `out` and return its manifest plus the
     throughput of this run. `tokenizer` is a Tokenizer, "bytes", "bpe" (trained here on at
-    most `BPE_SAMPLE_BYTES` of training text) or a tokenizer.json path. Resumes unfinished
-    work of the same settings; `progress=None` shows a bar only on a terminal; `wait` waits
-    for another prepare of `out` instead of failing."""
+    most `BPE_SAMPLE_BYTES` of training text) or a tokenizer.json path; a record over
+    `max_record` bytes (default `MAX_RECORD_BYTES`) is an error. Resumes unfinished work of
+    the same settings; `progress=None` shows a bar only on a terminal; `wait` waits for
+    another prepare of `out` instead of failing."""
     split, shard_tokens = split or Split(), shard_tokens or SHARD_TOKENS
     files = resolve_corpus(source)
     for name, value in (("shard-tokens", shard_tokens), ("workers", workers or 1)):
@@ -124,15 +126,16 @@ def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer | str = "b
                 shutil.rmtree(out / PARTIAL, ignore_errors=True)  # killed after the manifest
                 return {**manifest, "already_prepared": True}
             return _prepare(source, out, files, tokenizer, vocab_size, settings, split,
-                            text_field, workers, progress)
+                            (text_field, max_record), workers, progress)
     except OSError as e:  # a read-only folder, a full disk, a source that went away
         where = f" ({e.filename})" if e.filename else ""
         raise DataError(f"cannot prepare {out}: {e.strerror or e}{where}") from None
 
 
 def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
-             vocab_size: int, settings: dict, split: Split, text_field: str,
+             vocab_size: int, settings: dict, split: Split, reading: tuple[str, int | None],
              workers: int | None, progress: bool | None) -> dict[str, Any]:
+    """`prepare` under its lock; `reading` is (text field, largest record)."""
     work = out / PARTIAL
     if (work / "settings.json").is_file() and \
             json.loads((work / "settings.json").read_text()) != settings:
@@ -142,13 +145,13 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
     (work / "pieces").mkdir(parents=True, exist_ok=True)
     _write_atomic(work / "settings.json", json.dumps(settings, indent=2))
     tokenizer = _work_tokenizer(work / "tokenizer", source, tokenizer, vocab_size, split,
-                                text_field)
+                                reading)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     pieces = plan_pieces(files)
     todo = [i for i in range(len(pieces)) if not _table_path(work, i).is_file()]
     started = time.monotonic()
     bar = _Progress(pieces, todo, work, progress)
-    job = (str(work), str(work / "tokenizer"), text_field, split.tail, np.dtype(dtype).name)
+    job = (str(work), str(work / "tokenizer"), reading, split.tail, np.dtype(dtype).name)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo)))
     try:
         if workers == 1:
@@ -178,14 +181,14 @@ def _prepare(source, out: Path, files: list[Path], tokenizer: Tokenizer | str,
 
 
 def _work_tokenizer(folder: Path, source, tokenizer: Tokenizer | str, vocab_size: int,
-                    split: Split, text_field: str) -> Tokenizer:
+                    split: Split, reading: tuple[str, int | None]) -> Tokenizer:
     """The tokenizer saved with the unfinished work (a rerun reuses it), else a new one."""
     if (folder / "tokenizer_config.json").is_file():
         return Tokenizer.load(folder)
     if tokenizer == "bytes":
         tokenizer = Tokenizer.bytes()
     elif tokenizer == "bpe":
-        tokenizer = train_bpe(source, split, text_field, vocab_size)
+        tokenizer = train_bpe(source, split, reading[0], vocab_size, reading[1])
     tokenizer.save(folder.with_name("tokenizer.tmp"))
     os.replace(folder.with_name("tokenizer.tmp"), folder)
     return tokenizer
@@ -211,11 +214,11 @@ def _one_thread() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
-def _init_worker(progress, stop, work: str, tokenizer_dir: str, text_field: str,
-                 tail: float | None, dtype: str) -> None:
+def _init_worker(progress, stop, work: str, tokenizer_dir: str,
+                 reading: tuple[str, int | None], tail: float | None, dtype: str) -> None:
     if progress is not None:  # a pool process: Ctrl-C is the parent's to handle
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _job.update(progress=progress, stop=stop, work=Path(work), text_field=text_field,
+    _job.update(progress=progress, stop=stop, work=Path(work), reading=reading,
                 tokenizer=Tokenizer.load(tokenizer_dir), tail=tail, dtype=np.dtype(dtype))
 
 
@@ -240,27 +243,33 @@ def _tokenize_piece(index: int, piece: Piece, report: Callable[..., None]) -> No
     `report(documents, tokens, text_bytes, disk_bytes)` receives progress increments."""
     table_path = _table_path(_job["work"], index)
     tokens_path = table_path.with_suffix(".bin")
-    reader = PieceReader(piece, _job["text_field"], _job["tail"])
+    text_field, max_record = _job["reading"]
+    reader = PieceReader(piece, text_field, _job["tail"], max_record)
     stop = _job["stop"]
     if stop is not None and stop.is_set():
         return
-    with open(tokens_path.with_suffix(".bin.tmp"), "wb") as out:
-        writer = _PieceWriter(out, reader, report)
-        for doc in reader:
-            if stop is not None and stop.is_set():
-                return  # another worker failed or Ctrl-C: leave this piece unfinished
-            h, n_bytes = DocumentHash(), 0
-            for block in doc.blocks:
-                data = block.encode("utf-8")
-                h.update(data)
-                n_bytes += len(data)
-                writer.add(block)
-            writer.end_document(n_bytes, h.value, SPLIT_CODES[doc.split])
-        writer.flush()
-    os.replace(tokens_path.with_suffix(".bin.tmp"), tokens_path)
-    with open(table_path.with_suffix(".tmp"), "wb") as f:
-        np.save(f, np.array(writer.rows, dtype=TABLE))
-    os.replace(table_path.with_suffix(".tmp"), table_path)  # the piece is done
+    temporary = [tokens_path.with_suffix(".bin.tmp"), table_path.with_suffix(".tmp")]
+    try:
+        with open(temporary[0], "wb") as out:
+            writer = _PieceWriter(out, reader, report)
+            for doc in reader:
+                if stop is not None and stop.is_set():
+                    return  # another worker failed or Ctrl-C: leave this piece unfinished
+                h, n_bytes = DocumentHash(), 0
+                for block in doc.blocks:
+                    data = block.encode("utf-8")
+                    h.update(data)
+                    n_bytes += len(data)
+                    writer.add(block)
+                writer.end_document(n_bytes, h.value, SPLIT_CODES[doc.split])
+            writer.flush()
+        os.replace(temporary[0], tokens_path)
+        with open(temporary[1], "wb") as f:
+            np.save(f, np.array(writer.rows, dtype=TABLE))
+        os.replace(temporary[1], table_path)  # the piece is done
+    finally:  # an unfinished piece leaves nothing of itself behind
+        for path in temporary:
+            path.unlink(missing_ok=True)
     report(0, 0, 0, piece.size - writer.reported)
 
 

@@ -5,14 +5,21 @@ file is read by its name:
 
 - `*.jsonl`, `*.ndjson`, `*.json`: JSON Lines, one document per line in the `text_field`
   (Python's `json`, one line at a time, so an error names its line);
-- `*.parquet`: one document per row of the `text_field` column (`pyarrow`, one row group
+- `*.parquet`: one document per row of the `text_field` column (`pyarrow`, a batch of rows
   at a time; Parquet compresses inside the file);
 - anything else: plain text, the whole file one document (UTF-8: a file that is not,
   such as a program, is refused, see `check_text`).
 
 A `.gz`, `.zst`, `.bz2` or `.lz4` suffix on text or JSON Lines means a compressed file,
-decompressed as a stream by `pyarrow`. Nothing is read whole except a compressed text file
-(one document, held in memory while it is tokenized).
+decompressed as a stream by `pyarrow`.
+
+Memory stays flat whatever the input: every file is read as a stream, and text comes out in
+blocks of about `BLOCK_BYTES` that end at line breaks, each tokenized on its own (a record
+too). Holding out a compressed text file's tail takes a first pass that only counts its
+bytes. A record (a JSON line, a Parquet value) is held whole, so it may be at most
+`max_record` bytes (`MAX_RECORD_BYTES`, `photon data prepare --max-record-mb`); a longer one,
+or one whose text is not Unicode (a lone surrogate escape such as `"\\ud800"`, invalid
+UTF-8 in Parquet), is an error that names its file and record.
 
 Work is cut into `Piece`s that can be read independently, in parallel: a text file, a
 compressed JSON Lines file, a byte range of a plain JSON Lines file (cut at line breaks), a
@@ -25,6 +32,9 @@ import codecs
 import glob
 import io
 import json
+import math
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +47,8 @@ PIECE_BYTES = 16 << 20  # plain JSON Lines files are read in byte ranges of abou
 BLOCK_BYTES = 1 << 20  # plain text is read and tokenized in blocks of about this size
 SNIFF_BYTES = 64 << 10  # a text file's first bytes, checked to be UTF-8 text
 MAX_INVALID = 0.01  # more invalid UTF-8 than this share of them: not text
+MAX_RECORD_BYTES = 64 << 20  # a JSON line or Parquet value, held whole while it is read
+SURROGATE = re.compile(r"[\ud800-\udfff]")  # half of a UTF-16 pair: not a character
 
 
 @dataclass(frozen=True)
@@ -55,12 +67,11 @@ class Piece:
 
 @dataclass
 class Document:
-    """One document's text, in blocks (one block for a record; read them before the next
-    document, a text file's are read lazily). `split` is "train" or "val" when the reader
-    already knows (the head and the tail of a text file), else None: the split is decided
-    from the document's hash."""
+    """One document's text, in blocks, read lazily: read them before the next document.
+    `split` is "train" or "val" when the reader already knows (the head and the tail of a
+    text file), else None: the split is decided from the document's hash."""
 
-    blocks: Iterator[str] | list[str]
+    blocks: Iterator[str]
     split: str | None = None
 
 
@@ -123,11 +134,14 @@ def plan_pieces(files: list[Path], piece_bytes: int | None = None) -> list[Piece
 
 class PieceReader:
     """Iterates over the documents of a piece; `consumed` is how many of the piece's bytes
-    on disk have been read so far (for progress)."""
+    on disk have been read so far (for progress). A record (JSON line, Parquet value) over
+    `max_record` bytes is refused."""
 
     def __init__(self, piece: Piece, text_field: str = "text",
-                 tail_fraction: float | None = None) -> None:
+                 tail_fraction: float | None = None, max_record: int | None = None) -> None:
         self.piece, self.text_field, self.tail_fraction = piece, text_field, tail_fraction
+        # readline's limit is a C ssize_t: beyond it, no record could be read anyway
+        self.max_record = min(max_record or MAX_RECORD_BYTES, sys.maxsize - 1)
         self.consumed = 0
 
     def __iter__(self) -> Iterator[Document]:
@@ -142,19 +156,31 @@ class PieceReader:
 
     def _text(self) -> Iterator[Document]:
         p = self.piece
+        # The tail's place needs the text's size: a compressed file's takes a first pass.
+        size = p.size if p.codec is None or self.tail_fraction is None else \
+            self._text_size()
         with open(p.path, "rb") as raw:
-            f, size = raw, p.size
-            if p.codec:  # one document: decompress it into memory, then read it the same way
-                f = io.BytesIO(io.BufferedReader(_decompress(raw, p), BLOCK_BYTES).read())
-                size = len(f.getvalue())
-            check_text(f, p.path)
+            f = _Pushback(io.BufferedReader(_decompress(raw, p), BLOCK_BYTES) if p.codec
+                          else raw)
+            sample = f.read(SNIFF_BYTES)
+            check_text(sample, p.path)
+            f.unread(sample)
             if self.tail_fraction is None:
-                yield Document(text_blocks(f, 0, size))
+                yield Document(text_blocks(f))
             else:
-                cut = tail_cut(f, size, self.tail_fraction)
-                yield Document(text_blocks(f, 0, cut), "train")
-                yield Document(text_blocks(f, cut, size), "val")
+                head = int(size * (1 - self.tail_fraction))
+                yield Document(text_blocks(f, head, finish_line=True), "train")
+                yield Document(text_blocks(f), "val")
         self.consumed = p.size
+
+    def _text_size(self) -> int:
+        """The decompressed size of a compressed text file, read through once."""
+        with open(self.piece.path, "rb") as raw:
+            f, size = _decompress(raw, self.piece), 0
+            buffer = bytearray(BLOCK_BYTES)
+            while n := f.readinto(buffer):
+                size += n
+        return size
 
     # --- JSON Lines: one document per line
 
@@ -165,19 +191,23 @@ class PieceReader:
             pos = p.start
             if pos > 0:  # the line that crosses `start` belongs to the previous piece
                 raw.seek(pos - 1)
-                pos += len(raw.readline()) - 1
+                pos += _skip_line(raw) - 1
             line_no = None if pos else 0  # counted from the file's start only when cheap
             while p.codec or pos < p.stop:
-                line = f.readline()
+                line = f.readline(self.max_record + 1)  # a record and its line break
                 if not line:
                     break
                 if line_no is not None:
                     line_no += 1
                 where = (line_no, pos)
+                if len(line) > self.max_record and not line.endswith(b"\n"):
+                    raise DataError(f"{self._line_name(where)}: a record of more than "
+                                    f"{_size_text(self.max_record)} (--max-record-mb); split it "
+                                    "or raise the limit")
                 pos += len(line)
                 self.consumed = (raw.tell() if p.codec else pos) - p.start
                 if line.strip():
-                    yield Document([self._record_text(line, where)])
+                    yield Document(record_blocks(self._record_text(line, where)))
 
     def _record_text(self, line: bytes, where: tuple[int | None, int]) -> str:
         try:
@@ -193,6 +223,11 @@ class PieceReader:
             found = "no" if text is None else f"a {type(text).__name__} in the"
             raise DataError(f"{self._line_name(where)}: {found} {self.text_field!r} field "
                             f"(its fields: {fields}); choose one with --text-field")
+        # JSON may escape half of a UTF-16 pair alone ("\\ud800"): not text, nor encodable.
+        if surrogate := SURROGATE.search(text):
+            raise DataError(f"{self._line_name(where)}: the {self.text_field!r} text holds a "
+                            f"lone surrogate (U+{ord(surrogate.group()):04X} at character "
+                            f"{surrogate.start():,}), which is not Unicode text")
         return text
 
     def _line_name(self, where: tuple[int | None, int]) -> str:
@@ -218,10 +253,12 @@ class PieceReader:
         kind = schema.field(self.text_field).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise DataError(f"{p.path}: column {self.text_field!r} holds {kind}, not text")
-        record = p.first_record
-        batches = pf.iter_batches(batch_size=1024, row_groups=list(range(p.start, p.stop)),
-                                  columns=[self.text_field], use_threads=False)
-        rows = pf.metadata.row_group(p.start).num_rows
+        group = pf.metadata.row_group(p.start)
+        rows, record = group.num_rows, p.first_record
+        text_bytes = group.column(schema.get_field_index(self.text_field)).total_uncompressed_size
+        batches = pf.iter_batches(batch_size=max(1, min(1024, BLOCK_BYTES * rows // max(
+            text_bytes, 1))), row_groups=list(range(p.start, p.stop)),
+            columns=[self.text_field], use_threads=False)
         while True:
             try:
                 batch = next(batches)
@@ -230,22 +267,64 @@ class PieceReader:
             except (OSError, pa.ArrowException) as e:
                 raise DataError(f"{p.path}: row group {p.start} (records {record + 1}-"
                                 f"{p.first_record + rows}) is unreadable: {_line(e)}") from None
-            column = batch.column(0)
-            if column.null_count:
-                first = column.is_null().index(True).as_py()
-                raise DataError(f"{p.path}: record {record + first + 1} has no "
-                                f"{self.text_field!r} (null)")
-            for text in column.to_pylist():
-                yield Document([text])
-            record += len(column)
+            for text in self._parquet_texts(batch.column(0), record):
+                yield Document(record_blocks(text))
+            record += batch.num_rows
             self.consumed = p.size * (record - p.first_record) // max(rows, 1)
+
+    def _parquet_texts(self, column, record: int) -> list[str]:
+        """The texts of a batch whose first row is record `record` (0-based) of the file,
+        checked: none null, over `max_record` bytes, or not UTF-8."""
+        pa, path = _pyarrow(), self.piece.path
+        if column.null_count:
+            first = column.is_null().index(True).as_py()
+            raise DataError(f"{path}: record {record + first + 1} has no "
+                            f"{self.text_field!r} (null)")
+        sizes = pa.compute.binary_length(column)
+        if (pa.compute.max(sizes).as_py() or 0) > self.max_record:
+            first = pa.compute.index(pa.compute.greater(sizes, self.max_record), True).as_py()
+            raise DataError(f"{path}: record {record + first + 1} is more than "
+                            f"{_size_text(self.max_record)} (--max-record-mb); split it or raise "
+                            "the limit")
+        try:
+            return column.to_pylist()
+        except UnicodeDecodeError:  # Parquet's strings are not checked to be UTF-8 when written
+            values = column.cast(pa.binary()).to_pylist()
+            first = next(i for i, v in enumerate(values) if not _is_utf8(v))
+            raise DataError(f"{path}: record {record + first + 1}: its {self.text_field!r} "
+                            "is not UTF-8 text") from None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _size_text(n: int) -> str:
+    """A size as --max-record-mb gives it."""
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _skip_line(f) -> int:
+    """Read `f` past the end of the current line, a block at a time; returns the bytes read
+    (its line break included)."""
+    skipped = 0
+    while chunk := f.readline(BLOCK_BYTES):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _pyarrow():
     """pyarrow, an optional dependency (`pip install 'photon[data]'`)."""
     try:
         import pyarrow as pa
-        import pyarrow.parquet  # noqa: F401 (makes pa.parquet available)
+        import pyarrow.compute
+        import pyarrow.parquet  # noqa: F401 (makes pa.compute and pa.parquet available)
     except ImportError:
         raise DataError("reading Parquet or compressed files needs pyarrow: pip install "
                         "'photon[data]' (or pip install pyarrow)") from None
@@ -285,12 +364,10 @@ def _line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def check_text(f, path: str) -> None:
+def check_text(sample: bytes, path: str) -> None:
     """Refuse a file that is not UTF-8 text (a program, an image, UTF-16, Latin-1), judged
-    by its first `SNIFF_BYTES`: a NUL byte, or more than `MAX_INVALID` of them not UTF-8.
-    A stray bad byte in real text passes (it becomes U+FFFD)."""
-    f.seek(0)
-    sample = f.read(SNIFF_BYTES)
+    by `sample`, its first `SNIFF_BYTES`: a NUL byte, or more than `MAX_INVALID` of them not
+    UTF-8. A stray bad byte in real text passes (it becomes U+FFFD)."""
     if b"\0" in sample:
         raise DataError(f"{path}: not UTF-8 text (it holds NUL bytes: a binary file?); give "
                         "text, JSON Lines or Parquet files")
@@ -303,29 +380,57 @@ def check_text(f, path: str) -> None:
                         "-t utf-8) or give text, JSON Lines or Parquet files")
 
 
-def tail_cut(f, size: int, fraction: float) -> int:
-    """Where the last `fraction` of a text begins: the first line break after
-    `size * (1 - fraction)`, so the held-out tail starts on a line of its own."""
-    cut = int(size * (1 - fraction))
-    f.seek(cut)
-    newline = f.read(BLOCK_BYTES).find(b"\n")
-    return cut + newline + 1 if newline >= 0 else cut
+class _Pushback:
+    """A binary stream read forward, into which bytes read can be put back (a text's first
+    bytes, once checked; what was read past the end of a file's head)."""
+
+    def __init__(self, f) -> None:
+        self._f, self._back = f, b""
+
+    def read(self, n: int) -> bytes:
+        """The next `n` bytes, fewer only at the end of the stream."""
+        data, self._back = self._back[:n], self._back[n:]
+        return data + self._f.read(n - len(data)) if len(data) < n else data
+
+    def unread(self, data: bytes) -> None:
+        self._back = data + self._back
 
 
-def text_blocks(f, start: int, end: int) -> Iterator[str]:
-    """Bytes [start, end) of a binary file as text, in blocks that end at line breaks
-    (invalid UTF-8 becomes U+FFFD)."""
-    pos, carry = start, b""
+def text_blocks(f: _Pushback, length: int | None = None,
+                finish_line: bool = False) -> Iterator[str]:
+    """The next `length` bytes of `f` (all that is left for None) as text, in blocks of about
+    `BLOCK_BYTES` that end at line breaks (a longer line is cut; a character cut by a
+    block's end is not, and invalid UTF-8 becomes U+FFFD). With `finish_line` the text goes
+    on to the end of its last line, if that comes within `BLOCK_BYTES`: a text's head ends
+    where its held-out tail starts a line."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    left, carry = math.inf if length is None else length, b""
     while True:
-        f.seek(pos)
-        chunk = f.read(min(BLOCK_BYTES, end - pos)) if pos < end else b""
-        pos += len(chunk)
+        chunk = f.read(int(min(BLOCK_BYTES, left)))
+        left -= len(chunk)
         data = carry + chunk
-        if not chunk or pos >= end:
+        if not chunk or not left:
+            if finish_line:
+                after = f.read(BLOCK_BYTES)
+                newline = after.find(b"\n") + 1
+                f.unread(after[newline:])
+                data += after[:newline]
             if data:
-                yield data.decode("utf-8", errors="replace")
+                yield decoder.decode(data, final=True)
             return
         # Cut at the last line break; a line longer than a block is cut anyway.
         cut = data.rfind(b"\n") + 1 or len(data)
         carry = data[cut:]
-        yield data[:cut].decode("utf-8", errors="replace")
+        yield decoder.decode(data[:cut])
+
+
+def record_blocks(text: str) -> Iterator[str]:
+    """A record's text in blocks of about `BLOCK_BYTES` characters that end at line breaks
+    where there is one, as a text file's are read: each is tokenized on its own."""
+    start = 0
+    while start < len(text):
+        end = start + BLOCK_BYTES
+        if end < len(text):
+            end = text.rfind("\n", start, end) + 1 or end
+        yield text[start:end]
+        start = end

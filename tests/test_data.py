@@ -33,9 +33,8 @@ from photon.data.prepare import packed_dir, prepare
 from photon.data.shards import is_prepared, load_tokens, read_manifest
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError, TokenizerError
+from tests.corpus import CORPUS
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 TINY = ["--preset", "photon-tiny", "--seq-len", "64", "--batch-size", "4", "--dtype", "fp32",
         "--eval-tokens", "1024", "--log-every", "1"]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from photon.cli import build_parser
+from tests.corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "data" / "corpus"
 # Markdown a reader follows links in; commands are checked in the README and the guides.
 LINKED = sorted({ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md",
                  *ROOT.glob("docs/**/*.md"), *ROOT.glob("experiments/**/*.md"),

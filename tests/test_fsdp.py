@@ -27,9 +27,8 @@ from photon.data.prepare import prepare
 from photon.data.shards import load_tokens
 from photon.evaluation.validation import validation_scores
 from photon.training.parallel import Distributed
+from tests.corpus import corpus_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 COMMON = ["--preset", "photon-tiny", "--seq-len", "64", "--batch-size", "8", "--micro-batch",
           "2", "--dtype", "fp32", "--eval-tokens", "1024", "--log-every", "1", "--eval-every",
           "4", "--save-every", "2", "--keep", "10", "--max-steps", "8"]
@@ -40,11 +39,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def data(tmp_path_factory):
     """A prepared directory of the fixed test corpus (bytes tokenizer)."""
     root = tmp_path_factory.mktemp("fsdp")
-    src = root / "src"
-    src.mkdir()
-    for p in sorted(CORPUS.glob("*.txt")):
-        (src / p.name).write_text(p.read_text())
-    prepare(src, root / "prepared", "bytes", progress=False)
+    prepare(corpus_folder(root), root / "prepared", "bytes", progress=False)
     return root
 
 

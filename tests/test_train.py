@@ -31,9 +31,8 @@ from photon.device import choose_dtype
 from photon.errors import CheckpointError, ConfigError, InputError
 from photon.training.args import TrainArgs
 from photon.training.schedule import check_schedule, teacher_weight_at, total_steps
+from tests.corpus import corpus_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "data" / "corpus"  # fixed public-domain text (tests/data/README.md)
 TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "--batch-size",
         "4", "--dtype", "fp32", "--eval-tokens", "512", "--log-every", "1"]
 
@@ -42,10 +41,7 @@ TINY = ["--preset", "photon-tiny", "--tokenizer", "bytes", "--seq-len", "64", "-
 def env(tmp_path_factory):
     """A private cache and a corpus folder: the fixed test corpus, one document per file."""
     root = tmp_path_factory.mktemp("train")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for p in sorted(CORPUS.glob("*.txt")):
-        (corpus / p.name).write_text(p.read_text())
+    corpus = corpus_folder(root)
     os.environ["PHOTON_CACHE"] = str(root / "cache")
     yield {"root": root, "corpus": str(corpus)}
     del os.environ["PHOTON_CACHE"]

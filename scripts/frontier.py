@@ -262,11 +262,8 @@ class Sweep:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")
             if not self.args.no_commit:
-                subprocess.run(["git", "-C", str(ROOT), "add", str(path)], check=True)
-                subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m",
-                                f"frontier: {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
-                                f"{record['brown_bpb']:.4f} ({record['steps']} steps)",
-                                "--", str(path)], check=True)
+                git_commit(path, f"frontier: {run.name}: val bpb {record['val_bpb']:.4f}, "
+                                 f"Brown {record['brown_bpb']:.4f} ({record['steps']} steps)")
         print(f"done {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
               f"{record['brown_bpb']:.4f}, {record['train_wall_s'] / 60:.0f} min", flush=True)
 
@@ -301,6 +298,18 @@ class Sweep:
                       flush=True)
                 return
             time.sleep(10)
+
+
+def git_commit(path: Path, message: str, tries: int = 5) -> None:
+    """Commit `path` alone; retried, as another process may hold the index for a moment."""
+    for attempt in range(tries):
+        added = subprocess.run(["git", "-C", str(ROOT), "add", "--", str(path)])
+        if added.returncode == 0 and subprocess.run(
+                ["git", "-C", str(ROOT), "commit", "-q", "-m", message, "--", str(path)]
+        ).returncode == 0:
+            return
+        time.sleep(2 + 2 * attempt)
+    raise RuntimeError(f"could not commit {path}: commit it by hand")
 
 
 def environment_of_this_machine(threads: int) -> dict:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -39,16 +37,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import sweep  # scripts/sweep.py, beside this script
 import torch
 
 import photon
-from photon.device import environment
 from photon.evaluation import scaling
 from photon.inference.workload import analytic_cache_bytes
 from photon.model.lm import count_parameters
 
-ROOT = Path(__file__).resolve().parent.parent
-FOLDER = ROOT / "experiments" / "2026-12-07-frontier-2k"
+FOLDER = sweep.ROOT / "experiments" / "2026-12-07-frontier-2k"
 SEQ_LEN, BATCH, VOCAB = 2048, 2, 8192
 TOKENS_PER_STEP = SEQ_LEN * BATCH
 MIN_STEPS = 300
@@ -104,7 +101,7 @@ class Run:
 
 def committed() -> dict[str, dict]:
     """The finished runs, by name, from the experiment folder."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted((FOLDER / "runs").glob("*.json"))}
+    return sweep.committed(FOLDER / "runs")
 
 
 def best(done: dict[str, dict], runs: list[Run]) -> Run | None:
@@ -194,11 +191,9 @@ class Sweep:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.checkout = Path(args.checkout).resolve()
-        self.commit = subprocess.run(["git", "-C", str(self.checkout), "rev-parse", "HEAD"],
-                                     capture_output=True, text=True, check=True).stdout.strip()
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-                    "PYTHONPATH": str(self.checkout), "TQDM_DISABLE": "1"}
-        self.machine = environment_of_this_machine(args.threads)
+        self.commit = sweep.pinned_commit(self.checkout)
+        self.env = sweep.run_env(self.checkout, args.threads)
+        self.machine = sweep.machine(args.threads)
         self.lock = threading.Lock()
 
     def photon_cmd(self, *args: str) -> list[str]:
@@ -219,14 +214,7 @@ class Sweep:
                                str(EVAL_BYTES), "--json")
 
     def last_json(self, cmd: list[str], log: Path) -> dict:
-        with log.open("a") as f:
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,
-                                    env=self.env, cwd=self.checkout)
-        if result.returncode:
-            raise RuntimeError(f"{' '.join(cmd[2:5])} failed ({result.returncode}); see {log}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return sweep.last_json(cmd, log, self.env, self.checkout)
 
     def execute(self, run: Run) -> None:
         out = Path(self.args.runs).resolve() / run.name
@@ -257,13 +245,11 @@ class Sweep:
         self.commit_record(run, record)
 
     def commit_record(self, run: Run, record: dict) -> None:
-        path = FOLDER / "runs" / f"{run.name}.json"
         with self.lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-            if not self.args.no_commit:
-                git_commit(path, f"frontier: {run.name}: val bpb {record['val_bpb']:.4f}, "
-                                 f"Brown {record['brown_bpb']:.4f} ({record['steps']} steps)")
+            sweep.record_run(FOLDER / "runs" / f"{run.name}.json", record,
+                             f"frontier: {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
+                             f"{record['brown_bpb']:.4f} ({record['steps']} steps)",
+                             commit=not self.args.no_commit)
         print(f"done {run.name}: val bpb {record['val_bpb']:.4f}, Brown "
               f"{record['brown_bpb']:.4f}, {record['train_wall_s'] / 60:.0f} min", flush=True)
 
@@ -300,33 +286,10 @@ class Sweep:
             time.sleep(10)
 
 
-def git_commit(path: Path, message: str, tries: int = 5) -> None:
-    """Commit `path` alone; retried, as another process may hold the index for a moment."""
-    for attempt in range(tries):
-        added = subprocess.run(["git", "-C", str(ROOT), "add", "--", str(path)])
-        if added.returncode == 0 and subprocess.run(
-                ["git", "-C", str(ROOT), "commit", "-q", "-m", message, "--", str(path)]
-        ).returncode == 0:
-            return
-        time.sleep(2 + 2 * attempt)
-    raise RuntimeError(f"could not commit {path}: commit it by hand")
-
-
-def environment_of_this_machine(threads: int) -> dict:
-    """The CPU, its cores and the software versions (the commit is the checkout's)."""
-    env = environment(torch.device("cpu"), torch.float32)
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")),
-                     [])
-    return {"cpu": env["cpu"], "cores": os.cpu_count(), "torch": env["torch"],
-            "python": env["python"], "threads_per_run": threads,
-            "bf16": any(f in flags for f in ("avx512_bf16", "amx_bf16"))}
-
-
 def show_plan(threads: int) -> None:
     done = committed()
     ready, waiting = plan(done)
-    machine = environment_of_this_machine(threads)
+    machine = sweep.machine(threads)
     total = 0.0
     print(f"{len(done)} runs committed; ready now:")
     for run in ready:

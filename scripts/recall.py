@@ -32,8 +32,6 @@ import argparse
 import fnmatch
 import functools
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -41,15 +39,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from sweep import ROOT, committed, last_json, machine, pinned_commit, record_run, run_env
 
 import photon
-from photon.device import choose_dtype, environment
+from photon.device import choose_dtype
 from photon.evaluation.recall import MQAR, recall_scores
 from photon.inference.modes import mode_label, modes_of
 from photon.inference.workload import analytic_cache_bytes
 from photon.model.lm import count_parameters
 
-ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "experiments" / "2026-12-07-recall-mqar"
 TASK = MQAR(pairs=(8, 16, 32), vocab=1024)
 SEQ_LENS = (256, 1024)
@@ -116,16 +114,6 @@ def distances(seq_len: int, pairs: int) -> list[int]:
     far = (seq_len - 2 * pairs) // META * META
     near = [META << i for i in range(16) if 2 * pairs <= META << i <= far]
     return sorted({*near, far})
-
-
-def committed(results: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-
-
-def machine(threads: int) -> dict:
-    env = environment(torch.device("cpu"), torch.float32)
-    return {"cpu": env["cpu"], "cores": os.cpu_count(), "torch": env["torch"],
-            "python": env["python"], "threads_per_run": threads}
 
 
 def measure_step_s(run: Run, batch: int, sequences: int = 4, steps: int = 2) -> float:
@@ -211,10 +199,8 @@ class Sweep:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.checkout = Path(args.checkout).resolve()
-        self.commit = subprocess.run(["git", "-C", str(self.checkout), "rev-parse", "HEAD"],
-                                     capture_output=True, text=True, check=True).stdout.strip()
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-                    "PYTHONPATH": str(self.checkout), "TQDM_DISABLE": "1"}
+        self.commit = pinned_commit(self.checkout)
+        self.env = run_env(self.checkout, args.threads)
         self.machine = machine(args.threads)
         self.results = Path(args.results).resolve()
         self.lock = threading.Lock()
@@ -236,14 +222,7 @@ class Sweep:
                 str(self.args.sequences)]
 
     def last_json(self, cmd: list[str], log: Path) -> dict:
-        with log.open("a") as f:
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True,
-                                    env=self.env, cwd=self.checkout)
-        if result.returncode:
-            raise RuntimeError(f"{' '.join(cmd[1:4])} failed ({result.returncode}); see {log}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return last_json(cmd, log, self.env, self.checkout)
 
     def execute(self, run: Run) -> None:
         out = Path(self.args.runs).resolve() / run.name
@@ -279,13 +258,8 @@ class Sweep:
         path = self.results / f"{run.name}.json"
         accuracy = ", ".join(f"{m}: {s['accuracy']:.3f}" for m, s in record["scores"].items())
         with self.lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-            if not self.args.no_commit:
-                subprocess.run(["git", "-C", str(ROOT), "add", str(path)], check=True)
-                subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m",
-                                f"recall: {run.name}: accuracy {accuracy} ({record['steps']} "
-                                "steps)", "--", str(path)], check=True)
+            record_run(path, record, f"recall: {run.name}: accuracy {accuracy} "
+                                     f"({record['steps']} steps)", commit=not self.args.no_commit)
         print(f"done {run.name}: val accuracy {record['val_accuracy']:.3f}; test {accuracy}; "
               f"{record['train_wall_s'] / 60:.0f} + {record['score_wall_s'] / 60:.0f} min",
               flush=True)

@@ -38,11 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import sweep  # scripts/sweep.py, beside this script
-import torch
 
 import photon
 from photon.evaluation import scaling
-from photon.inference.workload import analytic_cache_bytes
 from photon.model.lm import count_parameters
 
 FOLDER = sweep.ROOT / "experiments" / "2026-12-07-frontier-2k"
@@ -138,15 +136,6 @@ def ladder(kind: str, budget: float, lr: float, done: dict[str, dict]) -> list[R
             return current
 
 
-def equal_memory_window(vanilla: Run, bounded: Run) -> int:
-    """Positions of `vanilla`'s KV cache that hold the bytes of `bounded`'s caches at the DE
-    workload's 2,176 tokens (fp32)."""
-    def cache_bytes(run: Run, context: int) -> int:
-        model = photon.build_model(run.config(), device="meta")
-        return analytic_cache_bytes(model, "hiergen", context, torch.float32)
-    return max(2, round(cache_bytes(bounded, DE_CONTEXT) / cache_bytes(vanilla, 1)))
-
-
 def plan(done: dict[str, dict]) -> tuple[list[Run], int]:
     """(the runs that can start now, in order; how many more wait on results not in yet)."""
     ready: list[Run] = []
@@ -166,7 +155,7 @@ def plan(done: dict[str, dict]) -> tuple[list[Run], int]:
         if vanilla is None or bounded is None:
             waiting += 2
             continue
-        window = equal_memory_window(vanilla, bounded)
+        window = sweep.equal_memory_window(vanilla.config(), bounded.config(), DE_CONTEXT)
         ready += [Run("swa", vanilla.d_model, budget, lr, w) for w in (window, 4 * window)]
     unique = list(dict.fromkeys(r for r in ready if r.name not in done))
     return unique, waiting

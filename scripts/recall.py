@@ -39,13 +39,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from sweep import ROOT, committed, last_json, machine, pinned_commit, record_run, run_env
+from sweep import (
+    ROOT,
+    committed,
+    equal_memory_window,
+    last_json,
+    machine,
+    pinned_commit,
+    record_run,
+    run_env,
+)
 
 import photon
 from photon.device import choose_dtype
 from photon.evaluation.recall import MQAR, recall_scores
 from photon.inference.modes import mode_label, modes_of
-from photon.inference.workload import analytic_cache_bytes
 from photon.model.lm import count_parameters
 
 FOLDER = ROOT / "experiments" / "2026-12-07-recall-mqar"
@@ -70,13 +78,11 @@ MARGIN = 1.15
 
 
 @functools.cache
-def equal_memory_window(seq_len: int) -> int:
-    """Positions of vanilla's KV cache that hold the bytes of bounded PHOTON's caches at
-    `seq_len` tokens (fp32)."""
-    def cache_bytes(kind: str, context: int) -> int:
-        model = photon.build_model(Run(kind, seq_len, LRS[0]).config(), device="meta")
-        return analytic_cache_bytes(model, "hiergen", context, torch.float32)
-    return max(2, round(cache_bytes("bounded", seq_len) / cache_bytes("vanilla", 1)))
+def equal_memory_window_at(seq_len: int) -> int:
+    """The equal-memory window at `seq_len` tokens: vanilla's ring holding bounded PHOTON's
+    cache bytes there (`sweep.equal_memory_window`)."""
+    return equal_memory_window(Run("vanilla", seq_len, LRS[0]).config(),
+                               Run("bounded", seq_len, LRS[0]).config(), seq_len)
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class Run:
     @property
     def window(self) -> int:
         scale = {"swa": 1, "swa4": 4}.get(self.kind, 0)
-        return scale * equal_memory_window(self.seq_len) if scale else 0
+        return scale * equal_memory_window_at(self.seq_len) if scale else 0
 
     def overrides(self) -> dict:
         return {**SHAPES.get(self.kind, {}), **({"window": self.window} if self.window else {})}

@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 
 from photon.device import environment
+from photon.inference.workload import analytic_cache_bytes
+from photon.model.config import ModelConfig
+from photon.model.lm import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +77,13 @@ def record_run(path: Path, record: dict, message: str, commit: bool = True,
             return
         time.sleep(2 + 2 * attempt)
     raise RuntimeError(f"could not commit {path}: commit it by hand")
+
+
+def equal_memory_window(flat: ModelConfig, hierarchical: ModelConfig, context: int) -> int:
+    """The sliding window whose ring holds, for the flat model, the bytes of the hierarchical
+    model's caches at `context` tokens (fp32, the analytic count): the flat baseline of equal
+    decode memory."""
+    def cache_bytes(config: ModelConfig, tokens: int) -> int:
+        model = build_model(config, device="meta")
+        return analytic_cache_bytes(model, "hiergen", tokens, torch.float32)
+    return max(2, round(cache_bytes(hierarchical, context) / cache_bytes(flat, 1)))

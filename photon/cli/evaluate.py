@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from photon.cli.flags import positive_int
+from photon.cli.texts import add_text_flags, documents, joined_text, prepared_tokens
 from photon.inference.modes import MODES
 
 if TYPE_CHECKING:  # imported when run, to keep `photon --help` fast
-    import numpy as np
 
     from photon.data.tokenizer import Tokenizer
     from photon.model.lm import Model
@@ -36,13 +35,13 @@ def run(args: argparse.Namespace) -> None:
         return
     from photon.evaluation.perplexity import evaluate_text, evaluate_tokens
 
-    tokens = _prepared_tokens(args, tokenizer)
+    tokens = prepared_tokens(args, tokenizer)
     if tokens is not None:
         start = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
         result = evaluate_tokens(model, [*start, *tokens.tolist()], tokenizer.token_bytes(),
                                  stride=args.stride, **options)
     else:
-        text = _text(args)
+        text = joined_text(args)
         if args.max_bytes is not None:
             text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
         result = evaluate_text(model, tokenizer, text, stride=args.stride, **options)
@@ -55,18 +54,11 @@ def run(args: argparse.Namespace) -> None:
 def _by_position(args: argparse.Namespace, model: Model, tokenizer: Tokenizer, options: dict,
                  boundaries: list[int] | None, what: str) -> None:
     """Score whole windows from each document's start; print bpb by position bucket."""
-    from photon.data.corpus import split_documents
-    from photon.data.shards import stream_documents
-    from photon.evaluation.positions import bucket_starts, evaluate_positions, text_documents
+    from photon.evaluation.positions import bucket_starts, evaluate_positions
 
     bucket_starts(args.window or model.config.max_seq_len, boundaries)  # before the work
-    tokens = _prepared_tokens(args, tokenizer)
-    if tokens is not None:
-        documents = stream_documents(tokens, tokenizer.eos_id)
-    else:
-        texts = split_documents(args.data, args.split, args.text_field)
-        documents = text_documents(tokenizer, _first_bytes(texts, args.max_bytes))
-    result = evaluate_positions(model, documents, tokenizer.token_bytes(), **options)
+    result = evaluate_positions(model, documents(args, tokenizer), tokenizer.token_bytes(),
+                                **options)
     report = result.to_dict(boundaries)
     print(f"{what}: bpb {report['bpb']:.4f}  ppl {report['ppl']:.2f}  over "
           f"{report['tokens']:,} tokens / {report['bytes']:,} bytes (by position: "
@@ -93,44 +85,6 @@ def _boundaries(text: str | None) -> list[int] | None:
                          f"0,256,1024; got {text!r}") from None
 
 
-def _first_bytes(texts: Iterable[str], budget: int | None) -> Iterator[str]:
-    """The texts up to `budget` UTF-8 bytes in all, the last one cut (all of them for None)."""
-    if budget is None:
-        yield from texts
-        return
-    for text in texts:
-        data = text.encode("utf-8")[:budget]
-        budget -= len(data)
-        yield data.decode("utf-8", errors="ignore")
-        if budget <= 0:
-            return
-
-
-def _text(args: argparse.Namespace) -> str:
-    from photon.data.corpus import split_documents
-
-    return "\n\n".join(split_documents(args.data, args.split, args.text_field))
-
-
-def _prepared_tokens(args: argparse.Namespace, tokenizer: Tokenizer) -> np.ndarray | None:
-    """The split's token stream of a prepared directory (every document followed by the
-    end-of-document token) as a numpy array cut at --max-bytes; None for any other --data."""
-    import numpy as np
-
-    from photon.data.prepare import packed_dir
-    from photon.data.shards import is_prepared, load_tokens
-
-    if not is_prepared(args.data):
-        return None
-    folder = packed_dir(args.data, tokenizer)  # checks that it was made with this tokenizer
-    splits = ["train", "val"] if args.split == "all" else [args.split]
-    tokens = np.concatenate([np.asarray(load_tokens(folder, s)) for s in splits])
-    if args.max_bytes is not None:
-        sizes = np.asarray(tokenizer.token_bytes())[tokens]
-        tokens = tokens[:int(np.searchsorted(np.cumsum(sizes), args.max_bytes, "right"))]
-    return tokens
-
-
 def add_parser(verbs) -> None:
     p = verbs.add_parser(
         "eval", help="bits per byte and perplexity of a checkpoint on a text",
@@ -151,13 +105,7 @@ def add_parser(verbs) -> None:
                "photon eval runs/photon-small-2k --data data/mix --by-position "
                "--buckets 256,1024")
     p.add_argument("checkpoint", help="checkpoint or run folder (the latest checkpoint)")
-    p.add_argument("--data", default="shakespeare",
-                   help="'shakespeare', a directory made by photon data prepare, or a text, "
-                        "JSON Lines or Parquet file, folder or glob")
-    p.add_argument("--split", choices=["val", "train", "all"], default="val",
-                   help="val (default): the held-out part training never saw; train; all")
-    p.add_argument("--text-field", default="text",
-                   help="JSON field / Parquet column holding the text (default: text)")
+    add_text_flags(p)
     p.add_argument("--mode", choices=MODES, default="hiergen")
     p.add_argument("--decoded", action="store_true",
                    help="PHOTON: compute the logits through the cached decoding path, meta-"
@@ -176,8 +124,6 @@ def add_parser(verbs) -> None:
                         "implied; default window/8 and window/2: 0-255, 256-1023, 1024-2046 "
                         "for a window of 2048); implies --by-position")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
-    p.add_argument("--max-bytes", type=positive_int,
-                   help="score only the first N bytes of the text")
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--json", action="store_true",
                    help='last stdout line: {"bpb", "ppl", "tokens", "bytes", ...}, with '

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from photon.data.tokenizer import Tokenizer
@@ -115,18 +116,21 @@ def text_documents(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterator[list[
         yield [*start, *tokenizer.encode(text)]
 
 
-@torch.no_grad()
-def evaluate_positions(model: Model, documents: Iterable[Sequence[int]],
-                       token_bytes: Sequence[int], mode: str = "hiergen",
-                       window: int | None = None, batch_size: int = 8,
-                       progress: bool = False, decoded: bool = False) -> PositionResult:
-    """Score each document (token ids, the start-of-document token first: see
-    `text_documents`, `photon.data.shards.stream_documents`) in consecutive windows from its
-    start, and sum the NLL and bytes by window position. `window` defaults to the model's
-    training context; `decoded`: see `photon.evaluation.perplexity.mode_logits`."""
-    check_mode(model.config, mode)
-    window = model.config.max_seq_len if window is None else window
-    check_sizes(window, batch_size)
+@dataclass
+class DocumentWindows:
+    """Documents cut into consecutive windows that share one token (the module doc): the kept
+    part of each document concatenated (`ids`), the start of every window in it, and how many
+    documents gave windows and how many were shorter than one."""
+
+    ids: Tensor
+    starts: list[int]
+    documents: int
+    skipped: int
+
+
+def document_windows(documents: Iterable[Sequence[int]], window: int) -> DocumentWindows:
+    """Every whole window of every document (token ids, the start-of-document token first),
+    from its start; an error when no document fills one."""
     step = window - 1  # consecutive windows share one token: each is scored once
     pieces, starts, used, skipped = [], [], 0, 0
     for doc in documents:
@@ -141,15 +145,31 @@ def evaluate_positions(model: Model, documents: Iterable[Sequence[int]],
         raise InputError(f"no document fills a window of {window} tokens (the start-of-"
                          f"document token included; {skipped} shorter skipped): use a "
                          "smaller window")
-    ids, sizes = torch.cat(pieces), torch.tensor(token_bytes)
-    nll = torch.zeros(step, dtype=torch.float64)
-    n_bytes = torch.zeros(step, dtype=torch.long)
-    bar = tqdm(total=len(starts), desc=f"eval by position ({mode})", unit="window",
+    return DocumentWindows(torch.cat(pieces), starts, len(pieces), skipped)
+
+
+@torch.no_grad()
+def evaluate_positions(model: Model, documents: Iterable[Sequence[int]],
+                       token_bytes: Sequence[int], mode: str = "hiergen",
+                       window: int | None = None, batch_size: int = 8,
+                       progress: bool = False, decoded: bool = False) -> PositionResult:
+    """Score each document (token ids, the start-of-document token first: see
+    `text_documents`, `photon.data.shards.stream_documents`) in consecutive windows from its
+    start, and sum the NLL and bytes by window position. `window` defaults to the model's
+    training context; `decoded`: see `photon.evaluation.perplexity.mode_logits`."""
+    check_mode(model.config, mode)
+    window = model.config.max_seq_len if window is None else window
+    check_sizes(window, batch_size)
+    cut = document_windows(documents, window)
+    sizes = torch.tensor(token_bytes)
+    nll = torch.zeros(window - 1, dtype=torch.float64)
+    n_bytes = torch.zeros(window - 1, dtype=torch.long)
+    bar = tqdm(total=len(cut.starts), desc=f"eval by position ({mode})", unit="window",
                disable=not progress)
-    for batch, batch_nll in window_nll(model, ids, starts, window, 0, mode, decoded,
+    for batch, batch_nll in window_nll(model, cut.ids, cut.starts, window, 0, mode, decoded,
                                        batch_size, bar):
         nll += batch_nll.sum(0)
         n_bytes += sizes[batch[:, 1:]].sum(0)
     bar.close()
-    return PositionResult(nll.tolist(), n_bytes.tolist(), len(starts), len(pieces), skipped,
-                          mode, window)
+    return PositionResult(nll.tolist(), n_bytes.tolist(), len(cut.starts), cut.documents,
+                          cut.skipped, mode, window)

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import photon
 from photon.checkpoint import save_checkpoint
@@ -17,9 +16,7 @@ from photon.data.shards import load_tokens, stream_documents
 from photon.data.tokenizer import Tokenizer
 from photon.evaluation.perplexity import evaluate_tokens
 from photon.evaluation.positions import bucket_starts, evaluate_positions, text_documents
-from photon.model.config import TransformerConfig
-from photon.model.lm import ModelOutput
-from tests.models import make
+from tests.models import CopyOracle, make
 
 EOS, VOCAB, PERIOD = 0, 64, 8
 HOLD_OUT_TWO = Split(documents=2)  # six documents: the default 5 % would hold out none
@@ -37,35 +34,11 @@ def periodic_documents(n: int, length: int, seed: int = 0) -> list[list[int]]:
     return docs
 
 
-class InductionOracle(nn.Module):
-    """Sees the whole window: predicts (logit +30) the token that followed the last earlier
-    occurrence of the current token, else nothing (uniform). Records what it is given."""
-
-    def __init__(self, window: int) -> None:
-        super().__init__()
-        self.config = TransformerConfig(vocab_size=VOCAB, d_model=8, n_heads=1, d_ff=8,
-                                        n_layers=1, max_seq_len=window)
-        self.unused = nn.Parameter(torch.zeros(()))  # where evaluation looks for the device
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, ids: torch.Tensor) -> ModelOutput:
-        self.seen.append(ids.clone())
-        B, T = ids.shape
-        logits = torch.zeros(B, T, VOCAB)
-        earlier = (ids[:, :, None] == ids[:, None, :]).tril(-1)  # [b, p, j]: j < p, same token
-        j = torch.arange(T) * earlier  # the latest such j, 0 where none
-        last, found = j.max(-1).values, earlier.any(-1)
-        following = ids.gather(1, (last + 1).clamp(max=T - 1))
-        b, p = found.nonzero(as_tuple=True)
-        logits[b, p, following[b, p]] = 30.0
-        return ModelOutput(logits)
-
-
 def test_a_model_that_sees_the_window_falls_with_position():
     """Window 65, documents of 129 tokens: two windows each. Until its current token recurs
     (position 8 in a document's second window, 9 in its first, whose token 0 is EOS) the
     oracle knows nothing: log V nats a token; from then on it copies."""
-    oracle = InductionOracle(65)
+    oracle = CopyOracle(65, VOCAB)
     result = evaluate_positions(oracle, periodic_documents(6, 129), SIZES, window=65)
     first, middle, last = result.buckets()  # window 65: 0-7, 8-31, 32-63
     assert (first.start, middle.start, last.start, last.end) == (0, 8, 32, 64)
@@ -85,7 +58,7 @@ def test_a_model_that_sees_the_last_k_tokens_gives_flat_buckets():
     buckets = evaluate_positions(model, docs, SIZES, window=65).buckets([16, 32, 48])
     for b in buckets[2:]:
         assert b.bpb == pytest.approx(buckets[1].bpb, rel=1e-5)
-    oracle = evaluate_positions(InductionOracle(65), docs, SIZES, window=65).buckets([16, 32])
+    oracle = evaluate_positions(CopyOracle(65, VOCAB), docs, SIZES, window=65).buckets([16, 32])
     assert oracle[1].bpb < buckets[1].bpb / 100  # context would help a model that reached it
 
 
@@ -93,7 +66,7 @@ def test_windows_start_at_document_starts_and_short_documents_are_skipped():
     """Window 8: a document of 8 tokens gives one window, one of 20 two (7 tokens apart,
     sharing one; its last 5 tokens fill no window), those of 5 and 7 none."""
     docs = [[EOS, *range(1, n)] for n in (5, 8, 20, 7)]
-    oracle = InductionOracle(8)
+    oracle = CopyOracle(8, VOCAB)
     result = evaluate_positions(oracle, docs, SIZES, window=8, batch_size=2)
     seen = torch.cat(oracle.seen).tolist()
     assert seen == [docs[1][:8], docs[2][:8], docs[2][7:15]]

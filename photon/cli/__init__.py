@@ -10,10 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from photon.cli import bench, data, evaluate, generate, info, lm_eval, probe, serve, train
+from photon.cli import (
+    bench,
+    data,
+    evaluate,
+    generate,
+    info,
+    lm_eval,
+    probe,
+    recall,
+    serve,
+    train,
+)
 from photon.errors import PhotonError
 
-VERBS = (info, data, train, generate, evaluate, bench, probe, lm_eval, serve)
+VERBS = (info, data, train, generate, evaluate, recall, bench, probe, lm_eval, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,8 +110,11 @@ def test_the_spec_parses_round_trips_and_rejects_bad_input():
     task = MQAR.parse("mqar:K=8,16,32,vocab=512")
     assert task == MQAR((8, 16, 32), 512) and MQAR.parse(task.spec) == task
     assert MQAR.parse("mqar:K=4").pairs == (4,)
+    dense = MQAR.parse("mqar:K=4,fill=queries,vocab=64")
+    assert dense == MQAR((4,), 64, fill="queries") and MQAR.parse(dense.spec) == dense
     for bad, message in [("mqar:K=8,vocab=2", "vocab must be even, in"),
-                         ("mqar:K=8,size=3", "fields are K, vocab and power"),
+                         ("mqar:K=8,size=3", "fields are K, vocab, power and fill"),
+                         ("mqar:K=8,fill=more", "fill is one of noise, queries"),
                          ("mqar:vocab=64,8", "expected mqar:K="),
                          ("mqar:K=x", "integers"), ("mqar:K=40,vocab=64", "K=40 needs a vocab"),
                          ("mqar:K=4,power=0", "power must be in")]:
@@ -119,6 +122,25 @@ def test_the_spec_parses_round_trips_and_rejects_bad_input():
             MQAR.parse(bad)
     with pytest.raises(ConfigError, match="K=8 needs sequences of at least 32"):
         TASK.check_length(31)
+
+
+def test_dense_training_sequences_ask_every_free_slot_and_score_zoologys_task():
+    """fill=queries: after the block every slot of two tokens is a query of a key of the
+    block followed by its value, each scored; the K queries of Zoology's form are among
+    them. Validation and test streams stay Zoology's form."""
+    task = MQAR((4, 8), 64, fill="queries")
+    b = task.batch(list(range(6)), 64, seed=0)
+    for ids, labels, pairs in zip(b.ids, b.labels, [4, 8] * 3, strict=True):
+        block = 2 * pairs
+        pairs_of = dict(zip(ids[0:block:2].tolist(), ids[1:block:2].tolist(), strict=True))
+        queries = ids[block:64:2].tolist()
+        assert all(q in pairs_of for q in queries) and set(queries) == set(pairs_of)
+        assert labels[block + 1:64:2].tolist() == [pairs_of[q] for q in queries]
+        assert (labels[:block + 1] == -100).all() and (labels[block:64:2] == -100).all()
+    for stream in (VALIDATION, TEST):
+        zoology = MQAR((4, 8), 64).batch(list(range(6)), 64, 0, stream)
+        same = task.batch(list(range(6)), 64, 0, stream)
+        assert torch.equal(same.ids, zoology.ids) and torch.equal(same.labels, zoology.labels)
 
 
 def test_the_tokenizer_spells_keys_and_values_and_round_trips(tmp_path):

@@ -44,6 +44,7 @@ PREFIX = "mqar:"
 IGNORE = -100  # the label the loss skips
 POWER = 0.01  # Zoology's power_a
 TRAIN, VALIDATION, TEST = 0, 1, 2  # streams of sequences
+FILLS = ("noise", "queries")  # what follows the K queries of a training sequence
 
 
 def is_task(data: str) -> bool:
@@ -62,9 +63,11 @@ class RecallBatch:
 
 
 def mqar_example(rng: np.random.Generator, seq_len: int, pairs: int, vocab: int,
-                 power: float = POWER, distance: int | None = None
+                 power: float = POWER, distance: int | None = None, dense: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One sequence (ids, labels, distance), each [seq_len]; see the module doc."""
+    """One sequence (ids, labels, distance), each [seq_len]; see the module doc. `dense`
+    fills every query slot the K queries leave free with a query of a random key of the
+    block (and its value), each scored."""
     half, block = vocab // 2, 2 * pairs
     keys = rng.choice(half, pairs, replace=False)
     values = half + rng.choice(half, pairs, replace=False)
@@ -75,24 +78,33 @@ def mqar_example(rng: np.random.Generator, seq_len: int, pairs: int, vocab: int,
                                          p=weights / weights.sum())
     else:
         queries = 2 * np.arange(pairs) + distance
+    asked = np.arange(pairs)  # the pair each query asks for
+    if dense:
+        free = np.setdiff1d(np.arange(block, seq_len - 1, 2), queries)
+        queries = np.concatenate([queries, free])
+        asked = np.concatenate([asked, rng.integers(0, pairs, len(free))])
     ids = rng.choice(np.setdiff1d(np.arange(vocab), keys), seq_len)  # filler
     ids[0:block:2], ids[1:block:2] = keys, values
-    ids[queries], ids[queries + 1] = keys, values
+    ids[queries], ids[queries + 1] = keys[asked], values[asked]
     labels = np.full(seq_len, IGNORE)
-    labels[queries + 1] = values
+    labels[queries + 1] = values[asked]
     distances = np.zeros(seq_len, dtype=np.int64)
-    distances[queries + 1] = queries - 2 * np.arange(pairs)
+    distances[queries + 1] = queries - 2 * asked
     return ids, labels, distances
 
 
 @dataclass(frozen=True)
 class MQAR:
     """The task: the pair counts K it mixes (sequence i has `pairs[i % len(pairs)]`), the
-    vocabulary and the power law's exponent."""
+    vocabulary, the power law's exponent, and what fills the training sequences after their
+    K queries: filler (`noise`, Zoology's task) or more queries (`queries`: every free slot
+    asks a random key again, which gives a model many times the scored values per sequence
+    to learn from). Validation and test sequences are always Zoology's."""
 
     pairs: tuple[int, ...] = (8, 16, 32)
     vocab: int = 1024
     power: float = POWER
+    fill: str = "noise"
 
     def __post_init__(self) -> None:
         if not self.pairs or any(k < 1 for k in self.pairs):
@@ -104,11 +116,13 @@ class MQAR:
                               f"{2 * max(self.pairs)} (distinct keys and distinct values)")
         if not 0 < self.power <= 1:
             raise ConfigError(f"--data {self.spec}: power must be in (0, 1] (1: uniform distances)")
+        if self.fill not in FILLS:
+            raise ConfigError(f"--data {self.spec}: fill is one of {', '.join(FILLS)}")
 
     @classmethod
     def parse(cls, spec: str) -> MQAR:
-        """`mqar:K=8,16,32,vocab=1024,power=0.01` (vocab and power optional): a field is
-        `name=value`, and values that follow without a name extend K."""
+        """`mqar:K=8,16,32,vocab=1024,power=0.01,fill=noise` (all but K optional): a field
+        is `name=value`, and values that follow without a name extend K."""
         fields: dict[str, list[str]] = {}
         last = None
         for item in spec.removeprefix(PREFIX).split(","):
@@ -119,10 +133,11 @@ class MQAR:
             elif last == "K" and item:
                 fields["K"].append(item)
             else:
-                raise ConfigError(f"--data {spec}: expected mqar:K=8,16,32[,vocab=N][,power=A]")
-        unknown = set(fields) - {"K", "vocab", "power"}
-        if unknown or len(fields.get("vocab", [])) > 1 or len(fields.get("power", [])) > 1:
-            raise ConfigError(f"--data {spec}: fields are K, vocab and power, each once")
+                raise ConfigError(f"--data {spec}: expected mqar:K=8,16,32[,vocab=N][,power=A]"
+                                  "[,fill=noise|queries]")
+        once = ("vocab", "power", "fill")
+        if set(fields) - {"K", *once} or any(len(fields.get(f, [])) > 1 for f in once):
+            raise ConfigError(f"--data {spec}: fields are K, vocab, power and fill, each once")
         try:
             pairs = tuple(int(v) for v in fields.get("K", [8, 16, 32]))
             vocab = int(fields.get("vocab", [1024])[0])
@@ -130,13 +145,14 @@ class MQAR:
         except ValueError:
             raise ConfigError(f"--data {spec}: K and vocab are integers, power a number") \
                 from None
-        return cls(pairs, vocab, power)
+        return cls(pairs, vocab, power, fields.get("fill", ["noise"])[0])
 
     @property
     def spec(self) -> str:
         """The canonical `--data` value of this task."""
         pairs = ",".join(map(str, self.pairs))
-        return f"{PREFIX}K={pairs},vocab={self.vocab},power={self.power:g}"
+        fill = "" if self.fill == "noise" else f",fill={self.fill}"
+        return f"{PREFIX}K={pairs},vocab={self.vocab},power={self.power:g}{fill}"
 
     def check_length(self, seq_len: int, pairs: int | None = None) -> None:
         """K (by default every K of the task) must fit: its block and its queries with their
@@ -161,9 +177,10 @@ class MQAR:
                                      not 2 * pairs <= distance <= seq_len - 2 * pairs):
             raise ConfigError(f"distance {distance} needs a K with 2K <= distance <= T - 2K "
                               f"(K={pairs}, T={seq_len})")
+        dense = self.fill == "queries" and stream == TRAIN
         rows = [mqar_example(np.random.default_rng([seed, stream, i]), seq_len,
                              pairs or self.pairs[i % len(self.pairs)], self.vocab, self.power,
-                             distance) for i in indices]
+                             distance, dense) for i in indices]
         return RecallBatch(*(torch.from_numpy(np.stack(column)) for column in zip(*rows,
                                                                                  strict=True)))
 

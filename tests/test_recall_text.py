@@ -112,7 +112,8 @@ def test_trials_place_one_needle_at_a_sentence_end():
         assert text[at - 1] == "." and abs(at / body - t.depth) < 0.1  # sentences: 47 bytes
         assert tokenizer.decode(t.answer) == " " + t.key and len(t.key) == 5
     assert len({t.key for t in trials}) == 6
-    with pytest.raises(photon.PhotonError, match="5 trials need 5 documents of at least 400 tokens; the text has 4"):
+    with pytest.raises(photon.PhotonError, match="need 5 documents of at least 400 tokens; "
+                                                 "the text has 4"):
         make_trials(tokenizer, docs, 400, trials=5)
 
 

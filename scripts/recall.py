@@ -55,6 +55,7 @@ from sweep import (
 
 import photon
 from photon.device import choose_dtype
+from photon.evaluation.readout import key_readout
 from photon.evaluation.recall import MQAR, recall_scores
 from photon.inference.modes import mode_label, modes_of
 from photon.model.lm import count_parameters
@@ -193,6 +194,15 @@ def show_plan(args: argparse.Namespace) -> None:
               f"vanilla)  {estimates.step_s(run):6.3f} s/step  {seconds / 3600:5.2f} h")
     print(f"{total / 3600:.1f} thread-hours (step times measured now at {args.threads} "
           f"thread(s), scoring taken as {SCORE_SHARE:.0%} more, margin {MARGIN})")
+
+
+def readout(out: str, seq_len: int) -> dict:
+    """`--readout`: where a trained PHOTON run loses its keys, for each K of the task
+    (`photon.evaluation.readout`): the run's name and commit-independent numbers."""
+    model, _ = photon.load_model(out)
+    return {"run": Path(out).name, "seq_len": seq_len,
+            "by_pairs": [key_readout(model, TASK, seq_len, k, SEED, fit_sequences=4096)
+                         for k in TASK.pairs]}
 
 
 def score(out: str, seq_len: int, sequences: int) -> dict:
@@ -407,10 +417,14 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="the table and the plots")
     parser.add_argument("--score", metavar="RUN", help="(used by the sweep) score one run "
                                                        "and print its scores as JSON")
-    parser.add_argument("--seq-len", type=int, help="with --score: the run's T")
+    parser.add_argument("--readout", metavar="RUN", help="where a PHOTON run loses its keys: "
+                        "linear read-outs by level, as JSON (photon.evaluation.readout)")
+    parser.add_argument("--seq-len", type=int, help="with --score or --readout: the run's T")
     args = parser.parse_args()
     if args.score:
         print(json.dumps(score(args.score, args.seq_len, args.sequences)))
+    elif args.readout:
+        print(json.dumps(readout(args.readout, args.seq_len)))
     elif args.plan:
         show_plan(args)
     elif args.report:

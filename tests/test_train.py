@@ -229,6 +229,8 @@ def test_bad_checkpoints(env, tmp_path, capsys):
         "config mismatch": (["--resume", out, "--preset", "vanilla-tiny"],
                             "--preset vanilla-tiny does not match the checkpoint"),
         "seq-len mismatch": (["--resume", out, "--seq-len", "32"], "--seq-len 32 does not"),
+        "beta2 mismatch": (["--resume", out, "--adam-beta2", "0.999"],
+                           "--adam-beta2 0.999 does not match the checkpoint (0.95)"),
     }
     for name, (argv, message) in cases.items():
         assert cli_main(["train", *map(str, argv)]) == 2, name
@@ -384,3 +386,13 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(env, tmp_
     assert [row["step"] for row in _finite_rows(out / "metrics.jsonl")] == [1, 2, 2]
     monkeypatch.undo()
     assert run_cli("--resume", out, "--max-steps", "3") == 0  # released when the run ended
+
+
+def test_adam_beta2_reaches_the_optimizer():
+    from photon.training.args import TrainArgs
+    from photon.training.train import _optimizer
+
+    model = photon.build_model("vanilla-tiny")
+    assert all(g["betas"] == (0.9, 0.95) for g in _optimizer(model, TrainArgs()).param_groups)
+    tuned = _optimizer(model, TrainArgs(adam_beta2=0.999))
+    assert all(g["betas"] == (0.9, 0.999) for g in tuned.param_groups)

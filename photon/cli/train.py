@@ -11,6 +11,7 @@ from photon.cli.flags import (
     bpe_vocab,
     fraction_range,
     non_negative_float,
+    open_fraction,
     positive_float,
     positive_int,
     seed,
@@ -110,6 +111,9 @@ def add_parser(verbs) -> None:
                           "form from the start, whose top stream then learns nothing)")
     opt.add_argument("--weight-decay", type=non_negative_float,
                      help="AdamW weight decay (default 0.1)")
+    opt.add_argument("--adam-beta2", type=open_fraction, metavar="B2",
+                     help="AdamW's second-moment decay (default 0.95, as LLMs train; 0.999 "
+                          "lets a tiny model learn recall on MQAR, docs/recall.md)")
     opt.add_argument("--grad-clip", type=positive_float, help="gradient norm clip (default 1.0)")
     opt.add_argument("--seed", type=seed, help="seeds initialisation and data order (default 0)")
     opt.add_argument("--dtype", choices=["auto", "bf16", "fp32"],

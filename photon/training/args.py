@@ -31,6 +31,7 @@ class TrainArgs:
     # outputs take over linearly until the second fraction. [] turns it off.
     curriculum: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
     weight_decay: float = 0.1
+    adam_beta2: float = 0.95  # LLM practice; 0.999 lets a tiny model learn recall (docs/recall.md)
     grad_clip: float = 1.0
     max_steps: int | None = None  # default 300 when no token or FLOP budget is given
     max_tokens: int | None = None
@@ -51,7 +52,7 @@ class TrainArgs:
 
 # Changing these would silently train a different run, so a resume must agree with them.
 MUST_MATCH = ("preset", "overrides", "data", "tokenizer", "vocab_size", "seq_len", "batch_size",
-              "lr", "warmup", "curriculum", "weight_decay", "grad_clip", "seed")
+              "lr", "warmup", "curriculum", "weight_decay", "adam_beta2", "grad_clip", "seed")
 
 
 def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs:

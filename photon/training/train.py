@@ -1,9 +1,9 @@
 """The training loop behind `photon train`.
 
-AdamW (β = 0.9/0.95, weight decay 0.1 on matrices only), linear warm-up then cosine decay to
-a tenth of the peak (`photon.training.schedule`), gradient clipping, gradient accumulation,
-optional bf16 autocast (`photon.device.choose_dtype`) and `torch.compile`. Under `torchrun`
-the same code runs DistributedDataParallel or FSDP2 (`--parallel`,
+AdamW (β = 0.9/0.95 by default, weight decay 0.1 on matrices only), linear warm-up then
+cosine decay to a tenth of the peak (`photon.training.schedule`), gradient clipping, gradient
+accumulation, optional bf16 autocast (`photon.device.choose_dtype`) and `torch.compile`. Under
+`torchrun` the same code runs DistributedDataParallel or FSDP2 (`--parallel`,
 `photon.training.parallel`; gloo on CPU, nccl on GPU): `--batch-size` is always the global
 batch, so one process with accumulation and N processes take the same optimizer steps.
 
@@ -62,7 +62,7 @@ def _optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
     rest = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.adam_beta2))
 
 
 def describe_scores(scores: dict[str, float]) -> str:

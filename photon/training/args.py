@@ -60,8 +60,10 @@ def merge_args(given: dict[str, Any], saved: dict[str, Any] | None) -> TrainArgs
     given = {k: v for k, v in given.items() if v is not None}
     if saved is None:
         return TrainArgs(**given)
+    # A checkpoint from before a setting existed trained with that setting's default.
+    trained = dataclasses.asdict(TrainArgs(**saved))
     for key in MUST_MATCH:
-        if key in given and given[key] != saved.get(key):
+        if key in given and given[key] != trained[key]:
             raise CheckpointError(f"--{key.replace('_', '-')} {given[key]} does not match the "
-                                  f"checkpoint ({saved.get(key)}); leave it out to resume")
+                                  f"checkpoint ({trained[key]}); leave it out to resume")
     return TrainArgs(**{**saved, **given})

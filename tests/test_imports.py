@@ -1,7 +1,7 @@
 """Imports point one way, and no module reaches into another subpackage's private names.
 
 cli -> serve, training, integrations -> evaluation, bench -> inference -> model; data and
-checkpoint beside them; errors and device at the bottom. Inside data and training, modules
+checkpoint beside them; errors, device and progress at the bottom. Inside data and training, modules
 are layered too: the reader of prepared data (shards) never loads the writer (prepare), and
 the arguments, schedule and processes of a run never the loop. Read from the source (every
 import, also those inside functions), so a new arrow the wrong way fails here.
@@ -16,18 +16,20 @@ ALLOWED = {
     "errors": set(),
     "device": {"errors"},
     "locking": {"errors"},
+    "progress": set(),
     "model": {"errors"},
-    "data": {"errors", "locking"},
+    "data": {"errors", "locking", "progress"},
     "checkpoint": {"errors", "device", "model", "data"},
     "inference": {"errors", "device", "model"},
-    "evaluation": {"errors", "device", "model", "inference", "data"},
+    "evaluation": {"errors", "device", "model", "inference", "data", "progress"},
     "bench": {"errors", "device", "model", "inference"},
-    "training": {"errors", "device", "model", "data", "checkpoint", "evaluation", "locking"},
+    "training": {"errors", "device", "model", "data", "checkpoint", "evaluation", "locking",
+                 "progress"},
     "serve": {"errors", "device", "model", "inference", "data"},
     "integrations": {"errors", "device", "model", "data", "checkpoint", "inference",
-                     "evaluation"},
+                     "evaluation", "progress"},
     "cli": {"errors", "device", "model", "data", "checkpoint", "inference", "evaluation",
-            "bench", "training", "serve", "integrations"},
+            "bench", "training", "serve", "integrations", "progress"},
     "__init__": {"errors", "model", "data", "checkpoint"},
     "__main__": {"cli"},
 }

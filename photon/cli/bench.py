@@ -43,11 +43,11 @@ def _check(args: argparse.Namespace) -> tuple[tuple[int, ...], list[int]]:
 def run(args: argparse.Namespace) -> None:
     batches, contexts = _check(args)
     import torch
-    from tqdm import tqdm
 
     from photon.bench import plots, protocol
     from photon.device import device_and_dtype, environment
     from photon.inference.modes import modes_of
+    from photon.progress import progress_bar
 
     device, dtype = device_and_dtype(args.device, args.dtype)
     if args.threads:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     jobs = [(name, model, options, mode, wl, p, g) for name, model, options in models
             for mode in modes_of(model.config, modes) for wl, (p, g) in workloads.items()]
     rows = []
-    for name, model, options, mode, wl, p, g in tqdm(jobs, desc="bench", unit="row"):
+    for name, model, options, mode, wl, p, g in progress_bar(jobs, desc="bench", unit="row"):
         rows.append(protocol.measure(name, model, mode, wl, p, g, budget, max_batch, batches,
                                      options))
     protocol.add_ratios(rows)
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> None:
         points = []
         sweep_jobs = [(name, model, options, mode) for name, model, options in models
                       for mode in modes_of(model.config, modes)]
-        for name, model, options, mode in tqdm(sweep_jobs, desc="context sweep", unit="model"):
+        for name, model, options, mode in progress_bar(sweep_jobs, desc="context sweep",
+                                                       unit="model"):
             points += protocol.context_sweep(name, model, mode, contexts,
                                           2 if args.quick else args.sweep_batch,
                                           32 if args.quick else args.sweep_gen, options)

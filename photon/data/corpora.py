@@ -42,6 +42,7 @@ from typing import Any
 from tqdm import tqdm
 
 from photon.errors import DataError
+from photon.progress import progress_bar
 
 FORMAT = "photon-corpus-1"  # the layout of OUT
 DEFAULT_OUT = "data/mix"
@@ -529,8 +530,9 @@ def build_corpus(out: str | Path = DEFAULT_OUT, sources: tuple[Source, ...] | No
     entries = {s.name: entries[s.name] for s in sources if s.name in entries}
     width = max(len(s.name) for s in sources)
     for source in sources:
-        with tqdm(desc=source.name.ljust(width), unit=" docs", disable=not progress,
-                  mininterval=0.5 if sys.stderr.isatty() else 10, dynamic_ncols=True) as bar:
+        with progress_bar(desc=source.name.ljust(width), unit=" docs", show=progress,
+                          mininterval=0.5 if sys.stderr.isatty() else 10,
+                          dynamic_ncols=True) as bar:
             entries[source.name] = build_source(source, out, entries.get(source.name), bar)
             bar.set_postfix_str("done", refresh=False)
         manifest = _write_manifest(out, {s.name: entries[s.name] for s in sources

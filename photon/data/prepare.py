@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from photon.data.corpus import (
     DocumentHash,
@@ -49,6 +48,7 @@ from photon.data.sources import Piece, PieceReader, plan_pieces
 from photon.data.tokenizer import Tokenizer
 from photon.errors import DataError
 from photon.locking import LOCK_FILE, locked
+from photon.progress import progress_bar
 
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB of uint16)
 BATCH_BYTES = 1 << 20  # text tokenized per call
@@ -362,10 +362,10 @@ class _Progress:
         self.docs = sum(len(t) for t in tables)
         self.tokens = sum(int(t["tokens"].sum()) for t in tables)
         self.text_bytes = self.disk_bytes = 0  # this run's work, for throughput
-        self.bar = tqdm(total=sum(p.size for p in pieces), unit="B", unit_scale=True,
-                        initial=sum(pieces[i].size for i in done),
-                        desc="prepare", dynamic_ncols=True, disable=None if show is None
-                        else not show, mininterval=0.5 if sys.stderr.isatty() else 10)
+        self.bar = progress_bar(total=sum(p.size for p in pieces), unit="B", unit_scale=True,
+                                initial=sum(pieces[i].size for i in done), desc="prepare",
+                                dynamic_ncols=True, show=show,
+                                mininterval=0.5 if sys.stderr.isatty() else 10)
 
     def update(self, docs: int, tokens: int, text_bytes: int, disk_bytes: int) -> None:
         self.docs, self.tokens = self.docs + docs, self.tokens + tokens

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from photon.data.tokenizer import Tokenizer
 from photon.errors import InputError
@@ -31,6 +30,7 @@ from photon.evaluation.perplexity import mode_logits
 from photon.inference.generate import generate
 from photon.inference.modes import check_mode
 from photon.model.lm import Model, token_nll
+from photon.progress import progress_bar
 
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
@@ -144,7 +144,8 @@ def passkey_scores(model: Model, tokenizer: Tokenizer, trials: list[Trial], mode
                          f"answer exceed the model's context ({model.config.max_seq_len})")
     pad = tokenizer.eos_id or 0
     rows = []
-    bar = tqdm(total=len(trials), desc=f"passkey ({mode})", unit="trial", disable=not progress)
+    bar = progress_bar(total=len(trials), desc=f"passkey ({mode})", unit="trial",
+                       show=progress)
     for i in range(0, len(trials), batch_size):
         batch = trials[i:i + batch_size]
         new = generate(model, [t.prompt for t in batch], ANSWER_ROOM, mode=mode)

@@ -31,6 +31,7 @@ from photon.errors import InputError
 from photon.inference.modes import check_mode
 from photon.inference.scoring import sequential_logits
 from photon.model.lm import Model, PhotonLM, token_nll
+from photon.progress import progress_bar
 
 
 @dataclass
@@ -120,7 +121,8 @@ def evaluate_tokens(model: Model, tokens: list[int], token_bytes: list[int],
     for start, end, first in spans:
         groups.setdefault((end - start, first - start), []).append(start)
     total = torch.zeros((), dtype=torch.float64)
-    bar = tqdm(total=len(spans), desc=f"eval ({mode})", unit="window", disable=not progress)
+    bar = progress_bar(total=len(spans), desc=f"eval ({mode})", unit="window",
+                       show=progress)
     for (length, offset), starts in groups.items():
         # The prompt is the unscored context; the very first window has none before its
         # scored tokens, so it keeps a full window's worth of context as its prompt.

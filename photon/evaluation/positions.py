@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from photon.data.tokenizer import Tokenizer
 from photon.errors import InputError
 from photon.evaluation.perplexity import check_sizes, window_nll
 from photon.inference.modes import check_mode
 from photon.model.lm import Model
+from photon.progress import progress_bar
 
 
 @dataclass
@@ -164,8 +164,8 @@ def evaluate_positions(model: Model, documents: Iterable[Sequence[int]],
     sizes = torch.tensor(token_bytes)
     nll = torch.zeros(window - 1, dtype=torch.float64)
     n_bytes = torch.zeros(window - 1, dtype=torch.long)
-    bar = tqdm(total=len(cut.starts), desc=f"eval by position ({mode})", unit="window",
-               disable=not progress)
+    bar = progress_bar(total=len(cut.starts), desc=f"eval by position ({mode})",
+                       unit="window", show=progress)
     for batch, batch_nll in window_nll(model, cut.ids, cut.starts, window, 0, mode, decoded,
                                        batch_size, bar):
         nll += batch_nll.sum(0)

@@ -31,11 +31,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from photon.errors import InputError
 from photon.inference.scoring import sequential_logits
 from photon.model.lm import Model, PhotonLM, token_nll
+from photon.progress import progress_bar
 
 
 def unigram_logprobs(tokens: np.ndarray, vocab_size: int) -> Tensor:
@@ -182,7 +182,7 @@ def probe(model: Model, tokens: np.ndarray, unigram: Tensor, windows: int = 32,
     batches = [ids_all[i:i + batch_size] for i in range(0, len(ids_all), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:  # fold a lone last window into the batch
         batches[-2:] = [torch.cat(batches[-2:])]
-    for ids in tqdm(batches, desc="probe", unit="batch", disable=not progress):
+    for ids in progress_bar(batches, desc="probe", unit="batch", show=progress):
         ids = ids.to(device)
         losses = ablation_nll(model, ids)
         losses["unigram"] = -unigram.to(device)[ids[:, 1:]]

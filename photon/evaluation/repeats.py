@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from photon.errors import InputError
 from photon.evaluation.perplexity import check_sizes, window_nll
 from photon.evaluation.positions import document_windows
 from photon.inference.modes import check_mode
 from photon.model.lm import Model
+from photon.progress import progress_bar
 
 BANDS = (1, 32, 256, 1024)  # first distances of the default bands of repeats
 
@@ -119,8 +119,8 @@ def evaluate_repeats(model: Model, documents: Iterable[Sequence[int]],
     sizes = torch.tensor(token_bytes)
     groups = [(0, 0), *edges]
     nll, n_tokens, n_bytes = [0.0] * len(groups), [0] * len(groups), [0] * len(groups)
-    bar = tqdm(total=len(cut.starts), desc=f"repeated bigrams ({mode})", unit="window",
-               disable=not progress)
+    bar = progress_bar(total=len(cut.starts), desc=f"repeated bigrams ({mode})",
+                       unit="window", show=progress)
     for batch, batch_nll in window_nll(model, cut.ids, cut.starts, window, 0, mode,
                                        batch_size=batch_size, bar=bar):
         distance = torch.from_numpy(np.stack([bigram_distances(w.tolist()) for w in batch]))

@@ -32,7 +32,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from tqdm import tqdm
 
 from photon.checkpoint import load_model
 from photon.device import resolve_device
@@ -43,6 +42,7 @@ from photon.inference.modes import check_mode
 from photon.inference.prompts import pad_prompts
 from photon.inference.sampling import greedy
 from photon.model.lm import PhotonLM, token_nll
+from photon.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class PhotonHarnessLM(TemplateLM):
         # Longest first within a group, so that similar lengths share a batch.
         items.sort(key=lambda x: (self._group(x[2]), -len(x[1])))
         results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
-        bar = tqdm(total=len(items), desc=f"loglikelihood ({self.mode})", disable=disable_tqdm)
+        bar = progress_bar(total=len(items), desc=f"loglikelihood ({self.mode})",
+                           show=not disable_tqdm)
         for batch in _batches(items, self.batch_size, key=lambda x: self._group(x[2])):
             for (index, _, _), result in zip(batch, self._score(batch), strict=True):
                 results[index] = result
@@ -171,7 +172,8 @@ class PhotonHarnessLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of each whole text, as `photon eval` scores it."""
         results = []
-        for request in tqdm(requests, desc=f"rolling ({self.mode})", disable=disable_tqdm):
+        for request in progress_bar(requests, desc=f"rolling ({self.mode})",
+                                    show=not disable_tqdm):
             (text,) = request.args
             result = evaluate_text(self.model, self.tokenizer, text, mode=self.mode,
                                    window=self.window, stride=self.stride,
@@ -210,7 +212,8 @@ class PhotonHarnessLM(TemplateLM):
         for index, request in enumerate(requests):
             groups[repr(sorted(request.args[1].items()))].append(index)
         results = [""] * len(requests)
-        bar = tqdm(total=len(requests), desc=f"generate ({self.mode})", disable=disable_tqdm)
+        bar = progress_bar(total=len(requests), desc=f"generate ({self.mode})",
+                           show=not disable_tqdm)
         for indices in groups.values():
             until, max_new, sampling = self._generation_options(requests[indices[0]].args[1])
             for start in range(0, len(indices), self.batch_size):

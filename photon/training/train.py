@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from photon import checkpoint as ckpt_io
 from photon.data.corpus import SHAKESPEARE, tokenizer_for
@@ -50,6 +49,7 @@ from photon.locking import locked
 from photon.model.config import get_preset
 from photon.model.flops import training_flops_per_token
 from photon.model.lm import PhotonLM, build_model
+from photon.progress import progress_bar
 from photon.training import parallel
 from photon.training.args import TrainArgs, merge_args
 from photon.training.schedule import check_schedule, lr_at, teacher_weight_at, total_steps
@@ -392,7 +392,7 @@ class _Run:
         """Train to the last step (or --max-time), logging, validating and saving as asked;
         returns the run's summary."""
         args, ctx = self.args, self.ctx
-        bar = tqdm(total=self.steps, initial=self.step, disable=not ctx.main, unit="step",
+        bar = progress_bar(total=self.steps, initial=self.step, show=ctx.main, unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         path, last = None, {}
         tick, tick_step = time.monotonic(), self.step

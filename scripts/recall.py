@@ -366,24 +366,26 @@ def curve_label(kind: str, mode: str) -> str:
     return kind if mode == "-" else f"{kind} {mode}"
 
 
-def report(results: Path) -> None:
-    """The best run of every kind and length: its accuracy by mode and K (a markdown table),
-    and two plots beside the runs' folder: accuracy against T, and against distance."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def search_table(done: dict[str, dict]) -> None:
+    """The learning-rate search: validation accuracy of every run, a row per kind and T."""
+    print("| kind | T | " + " | ".join(f"lr {lr:g}" for lr in sorted(LRS)) + " |\n|---|---|"
+          + "---|" * len(LRS))
+    for t in SEQ_LENS:
+        for kind in KINDS:
+            runs = {r["lr"]: r for r in done.values() if (r["kind"], r["seq_len"]) == (kind, t)}
+            if runs:
+                cells = [f"{runs[lr]['val_accuracy']:.3f}" if lr in runs else ""
+                         for lr in sorted(LRS)]
+                print(f"| {kind} | {t} | " + " | ".join(cells) + " |")
 
-    best = best_runs(committed(results))
-    print(f"| kind | T | lr | val accuracy | mode | accuracy | "
-          f"{' | '.join(f'K={k}' for k in TASK.pairs)} |\n|---|---|---|---|---|---|"
-          + "---|" * len(TASK.pairs))
+
+def best_table(best: dict[tuple[str, int], dict]) -> tuple[dict, dict]:
+    """Print the best run of every kind and length (accuracy by mode and K, and by distance
+    pooled over K); returns the curves of the two plots: accuracy by T, and by distance."""
     curves: dict[str, dict[int, float]] = {}
     by_distance: dict[int, dict[str, dict[int, list[int]]]] = {}
     for (kind, t), r in sorted(best.items(), key=lambda kv: (kv[0][1], KINDS.index(kv[0][0]))):
         for mode, s in r["scores"].items():
-            by_k = " | ".join(f"{p['accuracy']:.3f}" for p in s["by_pairs"])
-            print(f"| {kind} | {t} | {r['lr']:g} | {r['val_accuracy']:.3f} | {mode} | "
-                  f"{s['accuracy']:.3f} | {by_k} |")
             label = curve_label(kind, mode)
             curves.setdefault(label, {})[t] = s["accuracy"]
             for row in s["by_distance"]:  # pooled over K
@@ -391,9 +393,30 @@ def report(results: Path) -> None:
                     row["distance"], [0, 0])
                 cell[0] += row["recalled"]
                 cell[1] += row["values"]
-    if not curves:
+            by_k = " | ".join(f"{p['accuracy']:.3f}" for p in s["by_pairs"])
+            far = ", ".join(f"{d}: {recalled / values:.2f}" for d, (recalled, values)
+                            in sorted(by_distance[t][label].items()))
+            print(f"| {kind} | {t} | {r['lr']:g} | {r['val_accuracy']:.3f} | {mode} | "
+                  f"{s['accuracy']:.3f} | {by_k} | {far} |")
+    return curves, by_distance
+
+
+def report(results: Path) -> None:
+    """The learning-rate search, the best run of every kind and length (markdown tables), and
+    two plots beside the runs' folder: accuracy against T, and against distance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = committed(results)
+    if not done:
         print(f"no runs in {results}")
         return
+    search_table(done)
+    print(f"\n| kind | T | lr | val accuracy | mode | accuracy | "
+          f"{' | '.join(f'K={k}' for k in TASK.pairs)} | by distance in tokens, pooled over K "
+          f"|\n|---|---|---|---|---|---|---|" + "---|" * len(TASK.pairs))
+    curves, by_distance = best_table(best_runs(done))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in curves.items():
         xs = sorted(points)

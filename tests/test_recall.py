@@ -34,8 +34,9 @@ def lookup_logits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return logits
 
 
-def test_labels_are_the_values_of_the_queried_keys():
-    b = TASK.batch(list(range(20)), 64, seed=3)
+@pytest.mark.parametrize("task", [TASK, MQAR((4, 8), 64, shift=1)], ids=["zoology", "shift=1"])
+def test_labels_are_the_values_of_the_queried_keys(task):
+    b = task.batch(list(range(20)), 64, seed=3)
     for ids, labels, distance, k in zip(b.ids, b.labels, b.distance,
                                         [TASK.pairs[i % 2] for i in range(20)], strict=True):
         ids, labels, distance = ids.tolist(), labels.tolist(), distance.tolist()
@@ -47,6 +48,21 @@ def test_labels_are_the_values_of_the_queried_keys():
             assert labels[p] == ids[p] == value_of[key]
             assert distance[p] == (p - 1) - ids.index(key) > 0
         assert sorted(ids[p - 1] for p in scored) == sorted(value_of)
+        assert all(p % 2 == 1 - task.shift for p in scored)  # keys on the pairs' grid, or off
+
+
+def test_shifted_queries_let_a_value_open_a_chunk_for_every_fill_and_length():
+    """shift=1: some values sit at a chunk's first position (chunks of 4), which Zoology's
+    slots never allow; a dense training sequence still asks every free slot."""
+    opening = {0: 0, 1: 0}
+    for shift in (0, 1):
+        b = MQAR((4, 8), 64, shift=shift).batch(list(range(64)), 65, seed=0)
+        opening[shift] = int(((b.labels != IGNORE) & (torch.arange(65) % 4 == 0)).sum())
+    assert opening[0] == 0 and opening[1] > 0
+    dense = MQAR((4,), 64, fill="queries", shift=1).batch([0], 64, seed=0)
+    assert dense.labels[0, 10:64:2].ne(IGNORE).all() and dense.labels[0, :10].eq(IGNORE).all()
+    with pytest.raises(ConfigError, match="K=8 needs sequences of at least 33"):
+        MQAR((8,), 64, shift=1).check_length(32)
 
 
 def test_keys_are_distinct_and_never_repeated_by_the_filler():
@@ -112,8 +128,11 @@ def test_the_spec_parses_round_trips_and_rejects_bad_input():
     assert MQAR.parse("mqar:K=4").pairs == (4,)
     dense = MQAR.parse("mqar:K=4,fill=queries,vocab=64")
     assert dense == MQAR((4,), 64, fill="queries") and MQAR.parse(dense.spec) == dense
+    shifted = MQAR.parse("mqar:K=4,shift=1")
+    assert shifted.shift == 1 and MQAR.parse(shifted.spec) == shifted
     for bad, message in [("mqar:K=8,vocab=2", "vocab must be even, in"),
-                         ("mqar:K=8,size=3", "fields are K, vocab, power and fill"),
+                         ("mqar:K=8,size=3", "fields are K, vocab, power, fill and shift"),
+                         ("mqar:K=8,shift=2", "shift is 0"),
                          ("mqar:K=8,fill=more", "fill is one of noise, queries"),
                          ("mqar:vocab=64,8", "expected mqar:K="),
                          ("mqar:K=x", "integers"), ("mqar:K=40,vocab=64", "K=40 needs a vocab"),

@@ -14,6 +14,12 @@ sequence (a key's one earlier occurrence is its pair).
 `distance=d` places the queries at a chosen distance instead: key j (at position 2j) is asked
 at position 2j + d, so accuracy can be read by distance.
 
+Zoology's query slots sit on the block's grid of pairs (a key at an even position, its value
+at the odd one after), so with even chunk sizes a query and its value always share a chunk:
+a hierarchical model must then answer from the summary of earlier chunks alone. `shift=1`
+moves the slots one token later (a key at an odd position), so a query's key can end a chunk
+and its value open the next, where the model's top stream has read the key.
+
 A sequence is a function of (seed, stream, index) alone: training reads stream `TRAIN`, the
 validation during training `VALIDATION`, final scores `TEST`, each held out from the others.
 `photon train --data mqar:K=8,16,32` trains on the task (`MQAR.parse`); `recall_scores`
@@ -63,16 +69,17 @@ class RecallBatch:
 
 
 def mqar_example(rng: np.random.Generator, seq_len: int, pairs: int, vocab: int,
-                 power: float = POWER, distance: int | None = None, dense: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 power: float = POWER, distance: int | None = None, dense: bool = False,
+                 shift: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One sequence (ids, labels, distance), each [seq_len]; see the module doc. `dense`
     fills every query slot the K queries leave free with a query of a random key of the
-    block (and its value), each scored."""
-    half, block = vocab // 2, 2 * pairs
+    block (and its value), each scored; `shift` moves the power-law query slots that many
+    tokens later."""
+    half, block = vocab // 2, 2 * pairs + (shift if distance is None else 0)
     keys = rng.choice(half, pairs, replace=False)
     values = half + rng.choice(half, pairs, replace=False)
     if distance is None:
-        slots = np.arange(1, (seq_len - block) // 2 + 1, dtype=np.float64)
+        slots = np.arange(1, (seq_len - block) // 2 + 1, dtype=np.float64)  # after the block
         weights = slots ** (power - 1)
         queries = block + 2 * rng.choice(len(slots), pairs, replace=False,
                                          p=weights / weights.sum())
@@ -84,7 +91,7 @@ def mqar_example(rng: np.random.Generator, seq_len: int, pairs: int, vocab: int,
         queries = np.concatenate([queries, free])
         asked = np.concatenate([asked, rng.integers(0, pairs, len(free))])
     ids = rng.choice(np.setdiff1d(np.arange(vocab), keys), seq_len)  # filler
-    ids[0:block:2], ids[1:block:2] = keys, values
+    ids[0:2 * pairs:2], ids[1:2 * pairs:2] = keys, values
     ids[queries], ids[queries + 1] = keys[asked], values[asked]
     labels = np.full(seq_len, IGNORE)
     labels[queries + 1] = values[asked]
@@ -105,6 +112,7 @@ class MQAR:
     vocab: int = 1024
     power: float = POWER
     fill: str = "noise"
+    shift: int = 0
 
     def __post_init__(self) -> None:
         if not self.pairs or any(k < 1 for k in self.pairs):
@@ -118,10 +126,12 @@ class MQAR:
             raise ConfigError(f"--data {self.spec}: power must be in (0, 1] (1: uniform distances)")
         if self.fill not in FILLS:
             raise ConfigError(f"--data {self.spec}: fill is one of {', '.join(FILLS)}")
+        if self.shift not in (0, 1):
+            raise ConfigError(f"--data {self.spec}: shift is 0 (Zoology's slots) or 1")
 
     @classmethod
     def parse(cls, spec: str) -> MQAR:
-        """`mqar:K=8,16,32,vocab=1024,power=0.01,fill=noise` (all but K optional): a field
+        """`mqar:K=8,16,32,vocab=1024,power=0.01,fill=noise,shift=0` (all but K optional): a field
         is `name=value`, and values that follow without a name extend K."""
         fields: dict[str, list[str]] = {}
         last = None
@@ -134,33 +144,36 @@ class MQAR:
                 fields["K"].append(item)
             else:
                 raise ConfigError(f"--data {spec}: expected mqar:K=8,16,32[,vocab=N][,power=A]"
-                                  "[,fill=noise|queries]")
-        once = ("vocab", "power", "fill")
+                                  "[,fill=noise|queries][,shift=0|1]")
+        once = ("vocab", "power", "fill", "shift")
         if set(fields) - {"K", *once} or any(len(fields.get(f, [])) > 1 for f in once):
-            raise ConfigError(f"--data {spec}: fields are K, vocab, power and fill, each once")
+            raise ConfigError(f"--data {spec}: fields are K, vocab, power, fill and shift, "
+                              "each once")
         try:
             pairs = tuple(int(v) for v in fields.get("K", [8, 16, 32]))
             vocab = int(fields.get("vocab", [1024])[0])
             power = float(fields.get("power", [POWER])[0])
+            shift = int(fields.get("shift", [0])[0])
         except ValueError:
-            raise ConfigError(f"--data {spec}: K and vocab are integers, power a number") \
-                from None
-        return cls(pairs, vocab, power, fields.get("fill", ["noise"])[0])
+            raise ConfigError(f"--data {spec}: K, vocab and shift are integers, power a "
+                              "number") from None
+        return cls(pairs, vocab, power, fields.get("fill", ["noise"])[0], shift)
 
     @property
     def spec(self) -> str:
         """The canonical `--data` value of this task."""
         pairs = ",".join(map(str, self.pairs))
         fill = "" if self.fill == "noise" else f",fill={self.fill}"
-        return f"{PREFIX}K={pairs},vocab={self.vocab},power={self.power:g}{fill}"
+        shift = f",shift={self.shift}" if self.shift else ""
+        return f"{PREFIX}K={pairs},vocab={self.vocab},power={self.power:g}{fill}{shift}"
 
     def check_length(self, seq_len: int, pairs: int | None = None) -> None:
         """K (by default every K of the task) must fit: its block and its queries with their
-        values, 4K tokens."""
+        values, 4K tokens (and the shift)."""
         pairs = pairs or max(self.pairs)
-        if 4 * pairs > seq_len:
+        if 4 * pairs + self.shift > seq_len:
             raise ConfigError(f"--data {self.spec}: K={pairs} needs sequences of at least "
-                              f"{4 * pairs} tokens, got --seq-len {seq_len}")
+                              f"{4 * pairs + self.shift} tokens, got --seq-len {seq_len}")
 
     def tokenizer(self) -> Tokenizer:
         """Keys spelled k0, k1, ..., values v0, v1, ... (filler is any of them)."""
@@ -180,7 +193,7 @@ class MQAR:
         dense = self.fill == "queries" and stream == TRAIN
         rows = [mqar_example(np.random.default_rng([seed, stream, i]), seq_len,
                              pairs or self.pairs[i % len(self.pairs)], self.vocab, self.power,
-                             distance, dense) for i in indices]
+                             distance, dense, self.shift) for i in indices]
         return RecallBatch(*(torch.from_numpy(np.stack(column)) for column in zip(*rows,
                                                                                  strict=True)))
 

@@ -437,8 +437,11 @@ def report(results: Path) -> None:
             ax.plot([d / META for d in ds], [cells[d][0] / cells[d][1] for d in ds],
                     marker="o", label=label)
         ax.axhline(chance, color="grey", ls=":", lw=1, label="chance")
+        ticks = sorted({d / META for cells in labels.values() for d in cells})
         ax.set(xscale="log", xlabel=f"key-query distance (meta-contexts of {META} tokens)",
                ylim=(0, 1.02), ylabel="accuracy at the values", title=f"T = {t}, pooled over K")
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(results.parent / "recall_by_distance.png", dpi=130)

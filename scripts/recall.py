@@ -115,6 +115,11 @@ class Run:
             vocab_size=TASK.vocab, max_seq_len=self.seq_len, **self.overrides())
 
 
+def searched(kind: str, done: dict[str, dict]) -> bool:
+    """Whether every learning rate of `kind` at the shortest T is committed."""
+    return all(Run(kind, SEQ_LENS[0], lr).name in done for lr in LRS)
+
+
 def grid(done: dict[str, dict], only: str | None = None) -> list[Run]:
     """The learning-rate search at the shortest T (every kind at every rate, a whole rate
     at a time), then each kind at the longer T with its best rate there, once its search is
@@ -123,15 +128,14 @@ def grid(done: dict[str, dict], only: str | None = None) -> list[Run]:
     runs = [Run(kind, first, lr) for lr in LRS for kind in KINDS]
     best = best_runs(done)
     for kind in KINDS:
-        if all(Run(kind, first, lr).name in done for lr in LRS):
+        if searched(kind, done):
             runs += [Run(kind, t, best[(kind, first)]["lr"]) for t in longer]
     return [r for r in runs if only is None or fnmatch.fnmatch(r.name, only)]
 
 
 def waiting(done: dict[str, dict]) -> int:
     """Runs at the longer T that wait for their kind's learning-rate search."""
-    searched = sum(all(Run(k, SEQ_LENS[0], lr).name in done for lr in LRS) for k in KINDS)
-    return (len(KINDS) - searched) * (len(SEQ_LENS) - 1)
+    return sum(not searched(k, done) for k in KINDS) * (len(SEQ_LENS) - 1)
 
 
 def distances(seq_len: int, pairs: int) -> list[int]:

@@ -75,23 +75,24 @@ def mqar_example(rng: np.random.Generator, seq_len: int, pairs: int, vocab: int,
     fills every query slot the K queries leave free with a query of a random key of the
     block (and its value), each scored; `shift` moves the power-law query slots that many
     tokens later."""
-    half, block = vocab // 2, 2 * pairs + (shift if distance is None else 0)
+    half, block = vocab // 2, 2 * pairs
+    first_slot = block + (shift if distance is None else 0)  # where the query slots start
     keys = rng.choice(half, pairs, replace=False)
     values = half + rng.choice(half, pairs, replace=False)
     if distance is None:
-        slots = np.arange(1, (seq_len - block) // 2 + 1, dtype=np.float64)  # after the block
+        slots = np.arange(1, (seq_len - first_slot) // 2 + 1, dtype=np.float64)
         weights = slots ** (power - 1)
-        queries = block + 2 * rng.choice(len(slots), pairs, replace=False,
-                                         p=weights / weights.sum())
+        queries = first_slot + 2 * rng.choice(len(slots), pairs, replace=False,
+                                              p=weights / weights.sum())
     else:
         queries = 2 * np.arange(pairs) + distance
     asked = np.arange(pairs)  # the pair each query asks for
     if dense:
-        free = np.setdiff1d(np.arange(block, seq_len - 1, 2), queries)
+        free = np.setdiff1d(np.arange(first_slot, seq_len - 1, 2), queries)
         queries = np.concatenate([queries, free])
         asked = np.concatenate([asked, rng.integers(0, pairs, len(free))])
     ids = rng.choice(np.setdiff1d(np.arange(vocab), keys), seq_len)  # filler
-    ids[0:2 * pairs:2], ids[1:2 * pairs:2] = keys, values
+    ids[0:block:2], ids[1:block:2] = keys, values
     ids[queries], ids[queries + 1] = keys[asked], values[asked]
     labels = np.full(seq_len, IGNORE)
     labels[queries + 1] = values[asked]
